@@ -1,0 +1,1 @@
+"""Collector configs and the builder manifest, shipped as package data."""

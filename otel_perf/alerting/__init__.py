@@ -1,0 +1,1 @@
+"""Findings become alerts here: the router decides, the sinks deliver."""

@@ -1,0 +1,268 @@
+"""Where alerts go: OTLP (an alert span and a log record, forwarded by the collector), a JSONL
+file, a webhook (Slack-compatible), the console.
+
+A sink only delivers; the router decides what to send and contains a sink's failures.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import httpx
+from pydantic import Field, SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from otel_perf.config import Section
+from otel_perf.processors import semconv
+from otel_perf.processors.findings import Severity
+
+if TYPE_CHECKING:
+    from opentelemetry._logs import LoggerProvider
+    from opentelemetry.trace import TracerProvider
+
+    from otel_perf.alerting.router import Alert
+
+logger = logging.getLogger("otel_perf.alerting")
+
+
+class SinkSettings(Section):
+    """`OTEL_PERF_ALERTS_*`: where alerts are delivered."""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_PERF_ALERTS_")
+
+    file: Path | None = Field(None, description="Append alerts as JSON lines to this file.")
+    webhook_url: SecretStr | None = Field(
+        None, description="POST each alert as JSON (with a Slack `text` field)."
+    )
+    webhook_timeout_s: float = Field(5, gt=0, description="Per attempt; 3 attempts with backoff.")
+    console: bool = Field(False, description="Print alerts to stderr.")
+    otlp: bool = Field(True, description="Send alerts over OTLP: a perf.alert span and a log record.")
+
+
+class Sink(Protocol):
+    name: str
+
+    def send(self, alert: Alert) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def build_sinks(settings: SinkSettings) -> list[Sink]:
+    """The sinks the settings ask for; one that can't start (unwritable file) is reported and left out."""
+    sinks: list[Sink] = []
+    if settings.otlp:
+        sinks.append(OtlpSink())
+    if settings.file is not None:
+        try:
+            sinks.append(FileSink(settings.file))
+        except OSError as error:
+            logger.error(
+                "otel-perf: OTEL_PERF_ALERTS_FILE=%s can't be written (%s); file sink off",
+                settings.file,
+                error,
+            )
+    if settings.webhook_url is not None:
+        sinks.append(WebhookSink(settings.webhook_url.get_secret_value(), settings.webhook_timeout_s))
+    if settings.console:
+        sinks.append(ConsoleSink())
+    return sinks
+
+
+def slack_text(alert: Alert) -> str:
+    finding = alert.finding
+    repeat = f" (×{alert.occurrences})" if alert.occurrences > 1 else ""
+    return f"[{finding.severity.label.upper()}] {finding.title}{repeat} — {finding.service}"
+
+
+class FileSink:
+    """JSON lines, one alert per line, appended and flushed per alert."""
+
+    name = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def send(self, alert: Alert) -> None:
+        line = json.dumps(alert.to_json(), separators=(",", ":"), default=str)
+        with self._lock:
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._file.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+
+class WebhookSink:
+    """POST JSON: the alert's fields plus `text` (what Slack incoming webhooks display)."""
+
+    name = "webhook"
+    attempts = 3
+
+    def __init__(self, url: str, timeout_s: float = 5.0) -> None:
+        self._url = url  # never logged: it usually embeds a secret token
+        self._client = httpx.Client(timeout=timeout_s)
+
+    def send(self, alert: Alert) -> None:
+        payload = {"text": slack_text(alert), **alert.to_json()}
+        delay = 0.5
+        for attempt in range(1, self.attempts + 1):
+            try:
+                response = self._client.post(self._url, json=payload)
+                if response.status_code < 500 and response.status_code != 429:
+                    response.raise_for_status()
+                    return
+                problem = f"HTTP {response.status_code}"
+            except httpx.HTTPStatusError as error:
+                raise WebhookError(f"webhook rejected the alert: HTTP {error.response.status_code}") from None
+            except httpx.HTTPError as error:
+                problem = type(error).__name__
+            if attempt < self.attempts:
+                time.sleep(delay)
+                delay *= 2
+        raise WebhookError(f"webhook unreachable after {self.attempts} attempts: {problem}")
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class WebhookError(RuntimeError):
+    """Delivery to the webhook failed (the message never contains the URL)."""
+
+
+class ConsoleSink:
+    name = "console"
+
+    def __init__(self) -> None:
+        from rich.console import Console
+
+        self._console = Console(stderr=True, highlight=False)
+
+    def send(self, alert: Alert) -> None:
+        finding = alert.finding
+        colour = {
+            Severity.LOW: "cyan",
+            Severity.MEDIUM: "yellow",
+            Severity.HIGH: "red",
+            Severity.CRITICAL: "bold red",
+        }
+        self._console.print(
+            f"[{colour[finding.severity]}]otel-perf {finding.severity.label.upper()}[/] {finding.title}",
+            markup=True,
+            soft_wrap=True,
+        )
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_LOG_SEVERITY = {Severity.LOW: 9, Severity.MEDIUM: 13, Severity.HIGH: 17, Severity.CRITICAL: 21}
+
+
+def alert_attributes(alert: Alert) -> dict[str, Any]:
+    """The alert as flat OpenTelemetry attributes: the contract's scalars, `details.*` scalars."""
+    finding = alert.finding
+    attributes: dict[str, Any] = {
+        semconv.PERF_ISSUE: finding.type,
+        "perf.severity": finding.severity.label,
+        semconv.PERF_FINGERPRINT: finding.fingerprint,
+        "title": finding.title,
+        "service": finding.service,
+        "operation": finding.operation,
+        "source": finding.source,
+        "occurrences": alert.occurrences,
+    }
+    if finding.trace_id:
+        attributes["trace_id"] = finding.trace_id
+    if finding.span_ids:
+        attributes["span_ids"] = ",".join(finding.span_ids[:20])
+    for key, value in finding.details.items():
+        if isinstance(value, (str, bool, int, float)):
+            attributes[f"details.{key}"] = value
+        elif isinstance(value, dict):
+            for inner_key, inner in value.items():
+                if isinstance(inner, (str, bool, int, float)):
+                    attributes[f"details.{key}.{inner_key}"] = inner
+    return attributes
+
+
+class OtlpSink:
+    """Alerts as OpenTelemetry data, so they travel the same pipeline as the traces:
+
+    - a `perf.alert` span, child of the offending trace's root, with one event per alert (the
+      collector's alertmanager exporter turns span events into Alertmanager alerts, and Jaeger
+      shows the span inside the trace);
+    - a log record (event name `perf.alert`) for logs backends and the collector's file exporter.
+
+    Providers default to the global ones, looked up at send time: the configurator builds this
+    sink before the SDK installs its providers.
+    """
+
+    name = "otlp"
+
+    def __init__(
+        self, tracer_provider: TracerProvider | None = None, logger_provider: LoggerProvider | None = None
+    ) -> None:
+        self._tracer_provider = tracer_provider
+        self._logger_provider = logger_provider
+
+    def send(self, alert: Alert) -> None:
+        from opentelemetry import trace
+        from opentelemetry._logs import SeverityNumber, get_logger_provider
+        from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+        finding = alert.finding
+        context = None
+        if finding.trace_id and finding.root_span_id:
+            parent = SpanContext(
+                int(finding.trace_id, 16), finding.root_span_id, is_remote=False, trace_flags=TraceFlags(1)
+            )
+            context = trace.set_span_in_context(NonRecordingSpan(parent))
+        attributes = alert_attributes(alert)
+        timestamp = finding.time_ns or time.time_ns()
+        tracer = (self._tracer_provider or trace.get_tracer_provider()).get_tracer("otel_perf.alerts")
+        span = tracer.start_span(
+            semconv.ALERT_SPAN_NAME,
+            context=context,
+            kind=SpanKind.INTERNAL,
+            attributes={semconv.PERF_ISSUE: finding.type, "perf.severity": finding.severity.label},
+            start_time=timestamp,
+        )
+        span.add_event(finding.alert_name, attributes=attributes, timestamp=timestamp)
+        span.end(end_time=timestamp)
+        otel_logger = (self._logger_provider or get_logger_provider()).get_logger("otel_perf.alerts")
+        otel_logger.emit(
+            timestamp=timestamp,
+            context=context,
+            severity_number=SeverityNumber(_LOG_SEVERITY[finding.severity]),
+            severity_text=finding.severity.label.upper(),
+            body=finding.title,
+            attributes={**attributes, "alert.json": json.dumps(alert.to_json(), default=str)},
+            event_name=semconv.ALERT_SPAN_NAME,
+        )
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

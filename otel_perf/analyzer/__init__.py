@@ -1,0 +1,1 @@
+"""The collector-side analyzer service: the same detectors on whole traces."""

@@ -1,0 +1,71 @@
+"""The OpenTelemetry configurator: the SDK's standard setup, with trace analysis in front of export.
+
+Through the SDK's own hooks (SDK >= 1.40): `span_processors=` installs the
+`TraceAnalysisSpanProcessor` first; `export_span_processor=` builds each exporter's
+`BatchSpanProcessor` as usual but connects it behind the analysis processor, so spans are
+exported after analysis, with `perf.issue` attributes where flagged. Everything else (exporters,
+sampler, resource, metrics, logs) is the SDK's standard `OTEL_*` handling.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from opentelemetry.sdk._configuration import _OTelSDKConfigurator
+from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+
+from otel_perf.bootstrap.log_setup import ensure_stderr_logging
+
+logger = logging.getLogger("otel_perf.bootstrap")
+
+_configured_pid: int | None = None
+
+
+def already_configured() -> bool:
+    """True once this process was configured (by either launch mode)."""
+    return _configured_pid == os.getpid()
+
+
+class OtelPerfConfigurator(_OTelSDKConfigurator):
+    """Selected as the first `opentelemetry_configurator` entry point, or by
+    `OTEL_PYTHON_CONFIGURATOR=otel_perf` when another configurator is installed too."""
+
+    def _configure(self, **kwargs: Any) -> None:
+        global _configured_pid
+        if already_configured():
+            return
+        _configured_pid = os.getpid()
+        ensure_stderr_logging()
+        processor = None
+        try:
+            processor = _analysis_processor()
+        except Exception:  # otel-perf failing must leave plain OpenTelemetry working
+            logger.exception("otel-perf: could not start trace analysis; continuing with plain OpenTelemetry")
+        if processor is not None:
+            make_export_processor = kwargs.get("export_span_processor") or BatchSpanProcessor
+
+            def export_after_analysis(exporter: SpanExporter) -> SpanProcessor:
+                processor.add_export_processor(make_export_processor(exporter))
+                # The provider gets an inert stand-in: spans reach the exporter through analysis.
+                return SpanProcessor()
+
+            kwargs["span_processors"] = [processor, *(kwargs.get("span_processors") or ())]
+            kwargs["export_span_processor"] = export_after_analysis
+        super()._configure(**kwargs)
+        if processor is not None:
+            from otel_perf.bootstrap.self_metrics import register_self_metrics
+
+            register_self_metrics(processor)
+
+
+def _analysis_processor() -> Any:
+    from otel_perf.processors import TraceAnalysisSpanProcessor
+    from otel_perf.settings import Settings
+
+    settings = Settings.from_env()
+    if not settings.processor.analyses_in_process:
+        return None
+    return TraceAnalysisSpanProcessor(settings)

@@ -1,0 +1,46 @@
+"""otel-perf's own counters as OpenTelemetry metrics, exported with the app's: what was analysed,
+what was exported unanalysed (a bound was hit), alerts sent and suppressed, sink failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+
+
+def _observe(
+    read: Callable[[], int | dict[str, int]], label: str = ""
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(_: CallbackOptions) -> Iterable[Observation]:
+        value = read()
+        if isinstance(value, dict):
+            return [Observation(count, {label: key}) for key, count in value.items()]
+        return [Observation(value)]
+
+    return callback
+
+
+def register_self_metrics(processor: Any) -> None:
+    meter = metrics.get_meter("otel_perf")
+    stats, router = processor.stats, processor.router.stats
+    counters: dict[str, tuple[Callable[[], Any], str, str]] = {
+        "otel_perf.traces.analysed": (lambda: stats.traces_analysed, "", "Traces analysed in-process."),
+        "otel_perf.spans.analysed": (lambda: stats.spans_analysed, "", "Spans analysed in-process."),
+        "otel_perf.spans.unanalysed": (
+            lambda: stats.spans_unanalysed,
+            "",
+            "Spans exported without analysis (a bound was hit, or late).",
+        ),
+        "otel_perf.findings": (lambda: stats.findings, "", "Findings produced by detectors."),
+        "otel_perf.alerts.sent": (lambda: router.sent, "", "Alerts delivered to the sinks."),
+        "otel_perf.alerts.suppressed": (
+            lambda: router.suppressed_duplicate + router.suppressed_rate_limit + router.suppressed_severity,
+            "",
+            "Findings not alerted: duplicate in cooldown, rate limit, or below the minimum severity.",
+        ),
+        "otel_perf.sink.failures": (lambda: dict(router.sink_failures), "sink", "Failed alert deliveries."),
+    }
+    for name, (read, label, description) in counters.items():
+        meter.create_observable_counter(name, callbacks=[_observe(read, label)], description=description)

@@ -1,0 +1,161 @@
+"""The `otel-perf` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from otel_perf import __version__
+
+app = typer.Typer(
+    name="otel-perf",
+    help="Performance monitoring for Python web services, built on OpenTelemetry.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+stderr = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"otel-perf {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Run your app with `opentelemetry-instrument python main.py`; otel-perf does the rest."""
+
+
+@app.command()
+def demo(
+    rounds: Annotated[int, typer.Option(help="How many times each endpoint is requested.")] = 3,
+) -> None:
+    """Run the bundled FastAPI + SQLAlchemy shop under opentelemetry-instrument and show what was found."""
+    from otel_perf.demo.runner import DemoError, print_result, run_demo
+
+    console = Console()
+    try:
+        result = run_demo(console, rounds=rounds)
+    except DemoError as error:
+        stderr.print(f"[red]demo failed:[/] {error}")
+        raise typer.Exit(1) from None
+    print_result(console, result)
+    if not result.alerts:
+        stderr.print("[red]No findings arrived: otel-perf is not working in this environment.[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def analyze(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="OTLP JSON lines files (the collector's file exporter format); - for stdin."),
+    ],
+    dedup: Annotated[
+        bool, typer.Option(help="Apply the router's cooldown and rate limits, as live alerts do.")
+    ] = True,
+    summary: Annotated[bool, typer.Option(help="Print a table of the alerts on stderr at the end.")] = True,
+) -> None:
+    """Analyse exported traces: alerts as JSON lines on stdout, progress on stderr."""
+    from otel_perf.config import SettingsError
+    from otel_perf.offline import analyze_traces, read_traces
+    from otel_perf.processors.sources import OtlpFormatError
+    from otel_perf.render import alerts_table
+    from otel_perf.settings import Settings
+
+    try:
+        settings = Settings.from_env(strict=True)
+    except SettingsError as error:
+        stderr.print(f"[red]otel-perf:[/] {error}")
+        raise typer.Exit(2) from None
+    problems: list[str] = []
+
+    def report(error: OtlpFormatError) -> None:
+        problems.append(str(error))
+        if len(problems) <= 10:
+            stderr.print(f"[yellow]skipped[/] {error}")
+
+    traces = {}
+    with stderr.status("Reading traces…") as status:
+        for path in files:
+            status.update(f"Reading {path}…")
+            try:
+                with sys.stdin if str(path) == "-" else path.open(encoding="utf-8") as stream:
+                    for trace_id, nodes in read_traces([stream], report).items():
+                        traces.setdefault(trace_id, []).extend(nodes)
+            except OSError as error:
+                stderr.print(f"[red]otel-perf:[/] can't read {path}: {error.strerror}")
+                raise typer.Exit(2) from None
+    spans = sum(len(nodes) for nodes in traces.values())
+    stderr.print(f"Read {spans} spans in {len(traces)} traces from {len(files)} file(s).")
+    alerts = []
+    for alert in analyze_traces(traces, settings, dedup=dedup):
+        alerts.append(alert.to_json())
+        sys.stdout.write(json.dumps(alerts[-1], separators=(",", ":"), default=str) + "\n")
+    sys.stdout.flush()
+    if summary and alerts:
+        stderr.print(alerts_table(alerts, title=f"{len(alerts)} alert(s)"))
+    elif summary:
+        stderr.print("No findings.")
+    if problems:
+        stderr.print(f"[yellow]{len(problems)} malformed line(s) skipped.[/]")
+        raise typer.Exit(1)
+
+
+@app.command()
+def settings(
+    markdown: Annotated[bool, typer.Option(help="Print the documentation table instead.")] = False,
+) -> None:
+    """Show every OTEL_PERF_* setting with its effective value (bad values are named on stderr)."""
+    from rich.table import Table
+
+    from otel_perf.settings import Settings, documented_variables, markdown_table
+
+    if markdown:
+        print(markdown_table())
+        return
+    from otel_perf.bootstrap.log_setup import ensure_stderr_logging
+
+    ensure_stderr_logging()
+    effective = Settings.from_env()
+    table = Table("Variable", "Value", "Meaning")
+    for variable, _, description in documented_variables():
+        section_name, field = _locate(effective, variable)
+        value = getattr(getattr(effective, section_name), field)
+        table.add_row(variable, str(getattr(value, "label", value)), description)
+    Console().print(table)
+
+
+def _locate(effective: object, variable: str) -> tuple[str, str]:
+    for section_name, info in type(effective).model_fields.items():
+        section = info.annotation
+        for field in section.model_fields:
+            if section.env_name(field) == variable:
+                return section_name, field
+    raise KeyError(variable)
+
+
+@app.command()
+def sitecustomize() -> None:
+    """Print the directory to prepend to PYTHONPATH: PYTHONPATH=$(otel-perf sitecustomize) python main.py"""
+    import otel_perf.bootstrap
+
+    print(Path(otel_perf.bootstrap.__file__).resolve().parent / "sitecustomize")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The bundled demo shop and the runner behind `otel-perf demo`."""

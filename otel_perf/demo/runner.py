@@ -1,0 +1,170 @@
+"""`otel-perf demo`: run the bundled shop under `opentelemetry-instrument`, drive real traffic,
+show what otel-perf found. No collector needed: the app's export errors go to its log file, not
+to the screen (and if `OTEL_EXPORTER_OTLP_ENDPOINT` points at a running collector, the demo's
+traces and alerts arrive there too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from otel_perf.render import alerts_table
+
+APP_SOURCE = Path(__file__).with_name("app.py")
+
+# (path, what the endpoint shows): each is requested a few times.
+TRAFFIC = [
+    ("/healthz", "health check"),
+    ("/orders", "ORM lazy-load N+1"),
+    ("/orders/eager", "the fix: selectinload"),
+    ("/orders/recent", "a short loop (3 lazy loads)"),
+    ("/dashboard", "several different queries"),
+    ("/customers/7", "a primary-key lookup"),
+    ("/reports/order-lines", "raw-SQL N+1 with literals"),
+    ("/reports/revenue", "a slow query"),
+    ("/stock/sequential", "HTTP N+1 (calls in a loop)"),
+    ("/stock/parallel", "HTTP fan-out (concurrent calls)"),
+]
+EXPECTED_FINDINGS = {
+    "GET /orders",
+    "GET /reports/order-lines",
+    "GET /reports/revenue",
+    "GET /stock/sequential",
+}
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class DemoResult:
+    alerts: list[dict[str, object]] = field(default_factory=list)
+    quiet_endpoints: list[str] = field(default_factory=list)
+    workdir: Path = Path()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def instrument_command(script: str) -> list[str]:
+    """`opentelemetry-instrument python <script>` with this interpreter's launcher."""
+    launcher = shutil.which("opentelemetry-instrument", path=os.path.dirname(sys.executable))
+    if launcher is None:
+        launcher = shutil.which("opentelemetry-instrument")
+    if launcher is None:
+        raise DemoError("opentelemetry-instrument not found: reinstall otel-perf (pip install otel-perf)")
+    return [launcher, sys.executable, script]
+
+
+def read_alerts(path: Path) -> list[dict[str, object]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_demo(console: Console, rounds: int = 3, timeout_s: float = 60.0) -> DemoResult:
+    workdir = Path(tempfile.mkdtemp(prefix="otel-perf-demo-"))
+    shutil.copy(APP_SOURCE, workdir / "main.py")
+    alerts_file = workdir / "alerts.jsonl"
+    port = free_port()
+    env = {
+        **os.environ,
+        "PORT": str(port),
+        "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", "otel-perf-demo"),
+        "OTEL_PERF_ALERTS_FILE": str(alerts_file),
+        # Export attempts with no collector would retry for seconds at shutdown.
+        "OTEL_EXPORTER_OTLP_TIMEOUT": os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "2"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    log_path = workdir / "app.log"
+    with log_path.open("w") as log:
+        app = subprocess.Popen(
+            instrument_command("main.py"), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with console.status("Starting the demo shop under opentelemetry-instrument…"):
+            _wait_ready(app, base, log_path, timeout_s)
+        with httpx.Client(base_url=base, timeout=30) as client, console.status("Sending traffic…"):
+            for _ in range(rounds):
+                for path, _ in TRAFFIC:
+                    client.get(path).raise_for_status()
+        with console.status("Waiting for the analysis…"):
+            alerts = _wait_for_alerts(alerts_file, timeout_s=15)
+    finally:
+        _stop(app)
+    found = {str(alert["operation"]) for alert in alerts}
+    quiet = [path for path, _ in TRAFFIC if f"GET {_route_of(path)}" not in found]
+    return DemoResult(alerts, quiet, workdir)
+
+
+def _route_of(path: str) -> str:
+    return "/customers/{customer_id}" if path.startswith("/customers/") else path
+
+
+def _wait_ready(app: subprocess.Popen[bytes], base: str, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if app.poll() is not None:
+            raise DemoError(
+                f"the demo app exited with {app.returncode}; its log:\n{log_path.read_text()[-3000:]}"
+            )
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise DemoError(f"the demo app did not answer within {timeout_s:.0f} s; see {log_path}")
+
+
+def _wait_for_alerts(path: Path, timeout_s: float) -> list[dict[str, object]]:
+    """Until every expected finding arrived and nothing new came for a second, or the timeout."""
+    deadline = time.monotonic() + timeout_s
+    seen, stable_since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        alerts = read_alerts(path)
+        if len(alerts) != seen:
+            seen, stable_since = len(alerts), time.monotonic()
+        operations = {str(alert["operation"]) for alert in alerts}
+        if operations >= EXPECTED_FINDINGS and time.monotonic() - stable_since > 1.0:
+            break
+        time.sleep(0.1)
+    return read_alerts(path)
+
+
+def _stop(app: subprocess.Popen[bytes]) -> None:
+    if app.poll() is None:
+        app.send_signal(signal.SIGINT)
+        try:
+            app.wait(timeout=8)
+        except subprocess.TimeoutExpired:
+            app.kill()
+            app.wait()
+
+
+def print_result(console: Console, result: DemoResult) -> None:
+    console.print(alerts_table(result.alerts, title="otel-perf found in the demo shop"))
+    if result.quiet_endpoints:
+        console.print("[green]Quiet, as they should be:[/] " + ", ".join(result.quiet_endpoints))
+    console.print(
+        f"Alerts as JSON lines: {result.workdir / 'alerts.jsonl'}   App log: {result.workdir / 'app.log'}",
+        soft_wrap=True,
+    )

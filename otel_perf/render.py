@@ -1,0 +1,62 @@
+"""Alerts as a rich table, for `otel-perf demo` and the summary of `otel-perf analyze`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+SEVERITY_STYLES = {"low": "cyan", "medium": "yellow", "high": "red", "critical": "bold white on red"}
+SEVERITY_ORDER = {"critical": 0, "high": 1, "medium": 2, "low": 3}
+
+
+def _evidence(alert: Mapping[str, Any]) -> str:
+    details = alert.get("details", {})
+    if alert.get("type") == "n_plus_one":
+        return f"{details.get('count')} repeats, {details.get('total_duration_ms')} ms in all"
+    if alert.get("type") == "slow_span":
+        return f"{details.get('ratio')}× its threshold"
+    return ", ".join(f"{key}={value}" for key, value in details.items() if isinstance(value, (int, float)))
+
+
+def _where(alert: Mapping[str, Any]) -> str:
+    location = alert.get("details", {}).get("code_location")
+    if not location:
+        return ""
+    where = f"{os.path.basename(str(location.get('file')))}:{location.get('line')}"
+    return f"{where}\n[dim]{location.get('function')}[/]"
+
+
+def _finding(alert: Mapping[str, Any]) -> str:
+    title = str(alert.get("title", ""))
+    operation = str(alert.get("operation", ""))
+    title = title.replace(f" in {operation}", "", 1)
+    lines = [f"[bold]{title}[/]", _evidence(alert)]
+    suggestion = alert.get("details", {}).get("suggestion")
+    if suggestion:
+        lines.append(f"[dim]fix: {suggestion}[/]")
+    return "\n".join(line for line in lines if line)
+
+
+def alerts_table(alerts: Iterable[Mapping[str, Any]], title: str = "Findings") -> Table:
+    table = Table(title=title, show_lines=True, expand=True)
+    table.add_column("Severity", no_wrap=True)
+    table.add_column("Endpoint", ratio=2)
+    table.add_column("Finding", ratio=6)
+    table.add_column("Where", ratio=2)
+    ordered = sorted(
+        alerts,
+        key=lambda alert: (SEVERITY_ORDER.get(alert.get("severity", "low"), 9), alert.get("operation", "")),
+    )
+    for alert in ordered:
+        severity = str(alert.get("severity", ""))
+        table.add_row(
+            Text(severity.upper(), style=SEVERITY_STYLES.get(severity, "")),
+            f"{alert.get('operation')}\n[dim]{alert.get('service')}[/]",
+            _finding(alert),
+            _where(alert),
+        )
+    return table

@@ -1,0 +1,65 @@
+"""Run the detectors over one tree: the step both hosts (span processor, analyzer) share."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from otel_perf.processors import semconv
+from otel_perf.processors.detectors.base import Detector
+from otel_perf.processors.findings import Finding
+from otel_perf.processors.tree import TraceTree
+
+logger = logging.getLogger("otel_perf.analysis")
+
+
+def build_detectors(settings: Any) -> list[Detector]:
+    """One detector per enabled registry entry, each with its own settings section."""
+    from otel_perf.processors.detectors import REGISTRY
+
+    detectors: list[Detector] = []
+    for name, (detector_class, _) in REGISTRY.items():
+        section = getattr(settings, name)
+        if section.enabled:
+            detectors.append(detector_class(section))
+    return detectors
+
+
+def analyze_tree(tree: TraceTree, detectors: Sequence[Detector], source: str = "in_process") -> list[Finding]:
+    """Every finding of every detector. A detector that raises loses its own findings for this
+    tree, never the others' and never the host's."""
+    if not tree.nodes or _is_alert_trace(tree):
+        return []
+    findings: list[Finding] = []
+    root = tree.root
+    for detector in detectors:
+        try:
+            for finding in detector.detect(tree):
+                finding.source = source
+                finding.root_span_id = root.span_id if root is not None else None
+                findings.append(finding)
+        except Exception:  # a bug in one detector must not stop analysis
+            logger.exception("otel-perf: detector %s failed on trace %s", detector.name, tree.trace_id_hex)
+    return findings
+
+
+def _is_alert_trace(tree: TraceTree) -> bool:
+    return all(node.name == semconv.ALERT_SPAN_NAME for node in tree.nodes.values())
+
+
+def annotations(findings: Sequence[Finding]) -> dict[int, tuple[str, str, list[str]]]:
+    """span id → (issue type, fingerprint, all issue types) for every flagged span.
+
+    Where a span is flagged twice (a slow query inside an N+1), `perf.issue` names the more
+    severe finding; `perf.issues` lists all of them.
+    """
+    marks: dict[int, tuple[str, str, list[str]]] = {}
+    for finding in sorted(findings, key=lambda each: -each.severity):
+        for span_id in finding.flagged:
+            current = marks.get(span_id)
+            if current is None:
+                marks[span_id] = (finding.type, finding.fingerprint, [finding.type])
+            elif finding.type not in current[2]:
+                current[2].append(finding.type)
+    return marks

@@ -1,0 +1,26 @@
+"""The shape every detector has: settings in, findings out, one trace tree at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar, Protocol
+
+from otel_perf.processors.findings import Finding
+from otel_perf.processors.tree import SpanNode, TraceTree
+
+
+class Detector(Protocol):
+    """Reads a whole tree and yields findings. Pure: no I/O, no clock (time comes from spans)."""
+
+    name: ClassVar[str]
+
+    def detect(self, tree: TraceTree) -> Iterable[Finding]: ...
+
+
+def operation_of(tree: TraceTree, node: SpanNode) -> str:
+    """The endpoint or root span name a finding is filed under (e.g. `GET /orders/{id}`)."""
+    return tree.entry_span(node).name
+
+
+def short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,221 @@
+"""N+1: the same query (or HTTP call) repeated sequentially under one parent, once per item of a loop.
+
+Detected by structure, rated by impact. Siblings are grouped by a signature — the normalized
+statement for database spans, the URL template for HTTP client spans — and a group of at least
+`min_repeats` that ran one after another (not a parallel fan-out) is an N+1. A fast local SQLite
+still shows the pattern (at low severity); the total time of the repeats and their share of the
+parent's time decide how bad it is. Eager loading (one `IN (…)` query), a set of different
+queries and short loops do not match.
+
+Where the whole trace is visible (collector-side), HTTP calls whose URLs differ in a way the
+template cannot see (slugs, names) are grouped by the route of the server span they reached, and
+the queries each call caused downstream are reported with the loop: a cross-service N+1.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+
+from otel_perf.processors.detectors.base import operation_of, short
+from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
+from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
+from otel_perf.processors.tree import KIND_SERVER, SpanNode, TraceTree
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from otel_perf.config import Section
+
+
+class NPlusOneSettings(Section):
+    """`OTEL_PERF_N_PLUS_ONE_*`"""
+
+    model_config = SettingsConfigDict(env_prefix="OTEL_PERF_N_PLUS_ONE_")
+
+    enabled: bool = Field(True, description="Run this detector.")
+    min_repeats: int = Field(5, ge=2, description="Repeats under one parent that make an N+1.")
+    max_overlap: float = Field(
+        0.2,
+        ge=0,
+        le=1,
+        description="Share of repeats that may overlap their predecessor and still count as sequential.",
+    )
+    medium_ms: float = Field(50, ge=0, description="Total time of the repeats from which severity is medium.")
+    high_ms: float = Field(250, ge=0, description="… high.")
+    critical_ms: float = Field(1000, ge=0, description="… critical.")
+    min_share: float = Field(
+        0.1, ge=0, le=1, description="Below this share of the parent's time, severity drops one level."
+    )
+
+
+Signature = tuple[str, ...]
+
+
+def signature(node: SpanNode) -> Signature | None:
+    """What makes two sibling spans 'the same call'; None for spans that are neither DB nor HTTP."""
+    if node.statement is not None:
+        template = normalize_sql(node.statement)
+        return None if is_transaction_control(template) else ("db", template)
+    if node.db_system is not None:
+        return ("db", f"{node.db_system} {node.name}")
+    if node.is_http_client:
+        return ("http", node.http_method or "GET", url_template(node.http_url or ""))
+    return None
+
+
+def _route_signature(node: SpanNode) -> Signature | None:
+    """For an HTTP client span whose server span is in the tree: the callee's route."""
+    for child in node.children:
+        if child.kind == KIND_SERVER and child.http_route:
+            host = url_template(node.http_url or "").split("/", 3)
+            prefix = "/".join(host[:3]) if len(host) >= 3 else ""
+            return ("http", node.http_method or "GET", f"{prefix}{child.http_route}")
+    return None
+
+
+def is_sequential(members: list[SpanNode], max_overlap: float) -> bool:
+    """True when the repeats ran one after another (a loop), not concurrently (a fan-out)."""
+    overlaps = 0
+    latest_end = members[0].end_ns
+    for member in members[1:]:
+        if member.start_ns < latest_end:
+            overlaps += 1
+        latest_end = max(latest_end, member.end_ns)
+    return overlaps <= max_overlap * (len(members) - 1)
+
+
+class NPlusOneDetector:
+    name = "n_plus_one"
+
+    def __init__(self, settings: NPlusOneSettings | None = None) -> None:
+        self.settings = settings or NPlusOneSettings()
+
+    def detect(self, tree: TraceTree) -> Iterator[Finding]:
+        min_repeats = self.settings.min_repeats
+        for parent in tree.walk():
+            if len(parent.children) < min_repeats:
+                continue
+            groups: dict[Signature, list[SpanNode]] = {}
+            for child in parent.children:
+                key = signature(child)
+                if key is not None:
+                    groups.setdefault(key, []).append(child)
+            regrouped: dict[Signature, list[SpanNode]] = {}
+            for key, members in groups.items():
+                if len(members) >= min_repeats:
+                    yield from self._finding(tree, parent, key, members)
+                elif key[0] == "http":
+                    for member in members:
+                        route_key = _route_signature(member)
+                        if route_key is not None:
+                            regrouped.setdefault(route_key, []).append(member)
+            for key, members in regrouped.items():
+                if len(members) >= min_repeats:
+                    members.sort(key=lambda node: node.start_ns)
+                    yield from self._finding(tree, parent, key, members)
+
+    def _finding(
+        self, tree: TraceTree, parent: SpanNode, key: Signature, members: list[SpanNode]
+    ) -> Iterator[Finding]:
+        settings = self.settings
+        if not is_sequential(members, settings.max_overlap):
+            return
+        kind = key[0]
+        template = key[-1]
+        total_ms = sum(member.duration_ns for member in members) / 1e6
+        parent_ms = parent.duration_ms
+        share = min(1.0, total_ms / parent_ms) if parent_ms > 0 else 1.0
+        severity = severity_by_thresholds(
+            total_ms, settings.medium_ms, settings.high_ms, settings.critical_ms
+        )
+        if share < settings.min_share:
+            severity = severity.lowered()
+        operation = operation_of(tree, parent)
+        first = members[0]
+        details: dict[str, object] = {
+            "kind": kind,
+            "count": len(members),
+            "parent_span": parent.name,
+            "total_duration_ms": round(total_ms, 3),
+            "share_of_parent": round(share, 3),
+        }
+        if kind == "db":
+            details["statement"] = template
+            if first.db_system:
+                details["db_system"] = first.db_system
+            what = short(template, 70)
+        else:
+            details["method"] = key[1]
+            details["url_template"] = template
+            what = f"{key[1]} {short(template, 70)}"
+            downstream = _downstream_statements(members)
+            if downstream:
+                details["downstream"] = downstream
+        location = _common_location(members)
+        if location:
+            details["code_location"] = location
+        relationship = first.orm_lazy_load
+        if relationship:
+            details["orm_relationship"] = relationship
+            details["suggestion"] = (
+                f"eager-load it: .options(selectinload({relationship})) "
+                f"(or joinedload({relationship}) for a many-to-one)"
+            )
+        elif kind == "db":
+            details["suggestion"] = (
+                "fetch all rows in one query (WHERE … IN (…) or a JOIN) instead of one per item"
+            )
+        else:
+            details["suggestion"] = "call a batch endpoint once, or run the calls concurrently"
+        cause = f" ({relationship} lazy load)" if relationship else ""
+        title = (
+            f"N+1 {'queries' if kind == 'db' else 'HTTP calls'}: {len(members)}× {what} in {operation}{cause}"
+        )
+        yield Finding(
+            type=self.name,
+            severity=severity,
+            service=parent.service,
+            operation=operation,
+            title=title,
+            fingerprint=fingerprint(self.name, parent.service, operation, *key),
+            trace_id=tree.trace_id_hex,
+            span_ids=[member.span_id_hex for member in members],
+            details=details,
+            time_ns=tree.end_ns(),
+            summary=what,
+            flagged=[member.span_id for member in members],
+        )
+
+
+def _common_location(members: list[SpanNode]) -> dict[str, object] | None:
+    locations = Counter(
+        (m.code_file, m.code_line, m.code_function) for m in members if m.code_location is not None
+    )
+    if not locations:
+        return None
+    (file, line, function), _ = locations.most_common(1)[0]
+    return {"file": file, "line": line, "function": function}
+
+
+def _downstream_statements(members: list[SpanNode]) -> list[dict[str, object]]:
+    """Queries run beneath each repeated call (visible only in a whole cross-service trace)."""
+    per_call: Counter[tuple[str, str]] = Counter()
+    calls_with: Counter[tuple[str, str]] = Counter()
+    for member in members:
+        seen: Counter[tuple[str, str]] = Counter()
+        stack = list(member.children)
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children)
+            if node.statement is not None:
+                template = normalize_sql(node.statement)
+                if not is_transaction_control(template):
+                    seen[(node.service, template)] += 1
+        per_call.update(seen)
+        calls_with.update(seen.keys())
+    threshold = len(members) / 2
+    return [
+        {"service": service, "statement": template, "count": per_call[(service, template)]}
+        for (service, template), calls in calls_with.most_common()
+        if calls >= threshold
+    ]

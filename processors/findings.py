@@ -1,0 +1,107 @@
+"""What detectors produce: a `Finding`, the unit the alert router deduplicates and sinks deliver.
+
+Its JSON form is the alert contract in DESIGN.md: `type`, `severity`, `service`, `operation`,
+`trace_id`, `span_ids`, `fingerprint`, `title`, `details` (plus `time`), and is extended, never renamed.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+MAX_SPAN_IDS = 50
+
+
+class Severity(enum.IntEnum):
+    """The seeds' four levels; ordered, so `max()` and comparisons work."""
+
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+    CRITICAL = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+    @classmethod
+    def parse(cls, value: str | Severity) -> Severity:
+        if isinstance(value, Severity):
+            return value
+        try:
+            return cls[value.strip().upper()]
+        except KeyError:
+            raise ValueError(f"unknown severity {value!r}: use low, medium, high or critical") from None
+
+    def lowered(self, steps: int = 1) -> Severity:
+        return Severity(max(Severity.LOW, self - steps))
+
+
+def fingerprint(*parts: object) -> str:
+    """Stable across processes, hosts and restarts: a hash of what makes two findings the same issue."""
+    digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).hexdigest()
+    return digest[:16]
+
+
+def severity_by_thresholds(value: float, medium: float, high: float, critical: float) -> Severity:
+    """The level whose lower bound `value` reached (below `medium` is low)."""
+    if value >= critical:
+        return Severity.CRITICAL
+    if value >= high:
+        return Severity.HIGH
+    if value >= medium:
+        return Severity.MEDIUM
+    return Severity.LOW
+
+
+@dataclass
+class Finding:
+    type: str
+    severity: Severity
+    service: str
+    operation: str
+    title: str
+    fingerprint: str
+    trace_id: str | None = None
+    span_ids: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    time_ns: int = 0
+    source: str = "in_process"
+    # A stable short description (no counts or durations): what Alertmanager groups by.
+    summary: str = ""
+    # Not part of the JSON: span ids (ints) to annotate with `perf.issue`, and the trace's root,
+    # under which the alert span is created.
+    flagged: list[int] = field(default_factory=list, repr=False)
+    root_span_id: int | None = field(default=None, repr=False)
+
+    @property
+    def alert_name(self) -> str:
+        """Distinct per finding, equal across its repeats: type, operation, short description."""
+        summary = self.summary or self.title
+        if len(summary) > 100:
+            summary = summary[:99] + "…"
+        return f"{self.type} {self.operation}: {summary} #{self.fingerprint[:8]}"
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "type": self.type,
+            "severity": self.severity.label,
+            "service": self.service,
+            "operation": self.operation,
+            "trace_id": self.trace_id,
+            "span_ids": self.span_ids[:MAX_SPAN_IDS],
+            "fingerprint": self.fingerprint,
+            "title": self.title,
+            "details": self.details,
+            "source": self.source,
+        }
+        if self.time_ns:
+            data["time"] = iso_time(self.time_ns)
+        return data
+
+
+def iso_time(time_ns: int) -> str:
+    return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")

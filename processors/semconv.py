@@ -1,0 +1,58 @@
+"""Read the attributes detectors need, from both generations of OpenTelemetry semantic conventions.
+
+Instrumentations switch between the old (`db.statement`, `http.url`, …) and the stable
+(`db.query.text`, `url.full`, …) names with `OTEL_SEMCONV_STABILITY_OPT_IN`, and other languages'
+SDKs emit either. Every reader of span attributes in otel-perf goes through this module, so a
+renamed convention is fixed in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# Each logical field lists its attribute keys, preferred (stable) name first.
+DB_SYSTEM = ("db.system.name", "db.system")
+DB_STATEMENT = ("db.query.text", "db.statement")
+HTTP_METHOD = ("http.request.method", "http.method")
+HTTP_URL = ("url.full", "http.url")
+HTTP_ROUTE = ("http.route",)
+HTTP_STATUS = ("http.response.status_code", "http.status_code")
+SERVER_ADDRESS = ("server.address", "net.peer.name", "http.host")
+SERVER_PORT = ("server.port", "net.peer.port")
+URL_PATH = ("url.path", "http.target")
+CODE_FILE = ("code.file.path", "code.filepath")
+CODE_LINE = ("code.line.number", "code.lineno")
+CODE_FUNCTION = ("code.function.name", "code.function")
+
+# Attributes otel-perf adds.
+PERF_ISSUE = "perf.issue"
+PERF_FINGERPRINT = "perf.issue.fingerprint"
+PERF_ORM_LAZY_LOAD = "perf.orm.lazy_load"
+ALERT_SPAN_NAME = "perf.alert"
+
+# Every key any reader above looks at: adapters that convert attribute lists use it to skip the rest.
+INTERESTING_KEYS = frozenset(
+    DB_SYSTEM
+    + DB_STATEMENT
+    + HTTP_METHOD
+    + HTTP_URL
+    + HTTP_ROUTE
+    + HTTP_STATUS
+    + SERVER_ADDRESS
+    + SERVER_PORT
+    + URL_PATH
+    + CODE_FILE
+    + CODE_LINE
+    + CODE_FUNCTION
+    + (PERF_ISSUE, PERF_FINGERPRINT, PERF_ORM_LAZY_LOAD)
+)
+
+
+def first(attributes: Mapping[str, Any], keys: tuple[str, ...]) -> Any:
+    """The value of the first key present, or None."""
+    for key in keys:
+        value = attributes.get(key)
+        if value is not None:
+            return value
+    return None

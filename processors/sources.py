@@ -1,0 +1,265 @@
+"""Build `SpanNode`s from the three shapes spans arrive in: SDK `ReadableSpan`, OTLP protobuf, OTLP JSON.
+
+Each adapter extracts the fields detectors read (`processors.semconv`) once, so detectors stay
+ignorant of where a span came from.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+from otel_perf.processors import semconv
+from otel_perf.processors.tree import SpanNode
+
+_STATUS_ERROR = 2
+
+
+class OtlpFormatError(ValueError):
+    """A payload that is not OTLP (bad JSON, wrong shape, ids of the wrong length)."""
+
+
+def fill_from_attributes(node: SpanNode, attributes: Mapping[str, Any]) -> None:
+    """Set a node's semantic fields from its attributes (either semconv generation)."""
+    first = semconv.first
+    node.db_system = _str_or_none(first(attributes, semconv.DB_SYSTEM))
+    node.statement = _str_or_none(first(attributes, semconv.DB_STATEMENT))
+    node.http_method = _str_or_none(first(attributes, semconv.HTTP_METHOD))
+    url = first(attributes, semconv.HTTP_URL)
+    node.http_route = _str_or_none(first(attributes, semconv.HTTP_ROUTE))
+    node.server_address = _str_or_none(first(attributes, semconv.SERVER_ADDRESS))
+    if url is None and node.http_method is not None and node.server_address is not None:
+        # Some SDKs split the URL into parts instead of url.full.
+        path = first(attributes, semconv.URL_PATH) or "/"
+        port = first(attributes, semconv.SERVER_PORT)
+        authority = f"{node.server_address}:{port}" if port else node.server_address
+        url = f"http://{authority}{path}"
+    node.http_url = _str_or_none(url)
+    node.http_status = _int_or_none(first(attributes, semconv.HTTP_STATUS))
+    node.code_file = _str_or_none(first(attributes, semconv.CODE_FILE))
+    node.code_line = _int_or_none(first(attributes, semconv.CODE_LINE))
+    node.code_function = _str_or_none(first(attributes, semconv.CODE_FUNCTION))
+    node.orm_lazy_load = _str_or_none(attributes.get(semconv.PERF_ORM_LAZY_LOAD))
+    node.perf_fingerprint = _str_or_none(attributes.get(semconv.PERF_FINGERPRINT))
+
+
+def _str_or_none(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _int_or_none(value: Any) -> int | None:
+    try:
+        return None if value is None else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+# --- SDK ReadableSpan --------------------------------------------------------------------------
+
+
+def node_from_readable(span: Any) -> SpanNode:
+    """A node from an SDK `ReadableSpan` (SDK span kinds are numbered from 0, OTLP's from 1)."""
+    parent = span.parent
+    resource_attributes = span.resource.attributes
+    attributes = span.attributes or {}
+    node = SpanNode(
+        span.context.span_id,
+        parent.span_id if parent is not None else None,
+        span.name,
+        span.kind.value + 1,
+        span.start_time or 0,
+        span.end_time or span.start_time or 0,
+        resource_attributes.get("service.name", "unknown_service"),
+        is_error=span.status.status_code.value == _STATUS_ERROR,
+        attributes=attributes,
+        service_version=resource_attributes.get("service.version"),
+    )
+    fill_from_attributes(node, attributes)
+    node.source = span
+    return node
+
+
+# --- OTLP protobuf -------------------------------------------------------------------------------
+
+
+def any_value(value: Any) -> Any:
+    """Python value of an OTLP protobuf `AnyValue`."""
+    field = value.WhichOneof("value")
+    if field is None:
+        return None
+    if field == "array_value":
+        return [any_value(item) for item in value.array_value.values]
+    if field == "kvlist_value":
+        return {item.key: any_value(item.value) for item in value.kvlist_value.values}
+    return getattr(value, field)
+
+
+def _proto_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+    """Only the keys detectors read: converting every attribute would dominate analysis cost."""
+    interesting = semconv.INTERESTING_KEYS
+    return {kv.key: any_value(kv.value) for kv in key_values if kv.key in interesting}
+
+
+def _resource_identity(attributes: Iterable[Any]) -> tuple[str, str | None]:
+    service, version = "unknown_service", None
+    for kv in attributes:
+        if kv.key == "service.name":
+            service = kv.value.string_value or service
+        elif kv.key == "service.version":
+            version = kv.value.string_value or None
+    return service, version
+
+
+def nodes_from_proto(request: Any) -> Iterator[tuple[int, SpanNode]]:
+    """(trace_id, node) for every span of an `ExportTraceServiceRequest` (or `TracesData`)."""
+    for resource_spans in request.resource_spans:
+        service, version = _resource_identity(resource_spans.resource.attributes)
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                    raise OtlpFormatError(
+                        f"span {span.name!r}: trace_id must be 16 bytes and span_id 8 bytes, "
+                        f"got {len(span.trace_id)} and {len(span.span_id)}"
+                    )
+                if span.parent_span_id and len(span.parent_span_id) != 8:
+                    raise OtlpFormatError(f"span {span.name!r}: parent_span_id must be 8 bytes")
+                attributes = _proto_attributes(span.attributes)
+                node = SpanNode(
+                    int.from_bytes(span.span_id, "big"),
+                    int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else None,
+                    span.name,
+                    span.kind,
+                    span.start_time_unix_nano,
+                    span.end_time_unix_nano,
+                    service,
+                    is_error=span.status.code == _STATUS_ERROR,
+                    attributes=attributes,
+                    service_version=version,
+                )
+                fill_from_attributes(node, attributes)
+                node.source = span
+                yield int.from_bytes(span.trace_id, "big"), node
+
+
+# --- OTLP JSON -----------------------------------------------------------------------------------
+
+_JSON_VALUE_FIELDS = ("stringValue", "intValue", "doubleValue", "boolValue", "bytesValue")
+
+
+def json_any_value(value: Mapping[str, Any]) -> Any:
+    """Python value of an OTLP JSON `AnyValue` (int64 arrives as a string)."""
+    for field in _JSON_VALUE_FIELDS:
+        if field in value:
+            raw = value[field]
+            return int(raw) if field == "intValue" else raw
+    if "arrayValue" in value:
+        return [json_any_value(item) for item in value["arrayValue"].get("values", [])]
+    if "kvlistValue" in value:
+        return {
+            kv["key"]: json_any_value(kv.get("value", {})) for kv in value["kvlistValue"].get("values", [])
+        }
+    return None
+
+
+def json_attributes(key_values: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    return {kv["key"]: json_any_value(kv.get("value") or {}) for kv in key_values}
+
+
+def _hex_id(value: Any, length: int, what: str) -> int | None:
+    if not value:
+        return None
+    if not isinstance(value, str) or len(value) != length:
+        raise OtlpFormatError(f"{what} must be {length} hex characters, got {value!r}")
+    try:
+        return int(value, 16)
+    except ValueError:
+        raise OtlpFormatError(f"{what} is not hex: {value!r}") from None
+
+
+_KIND_NAMES_JSON = {
+    "SPAN_KIND_UNSPECIFIED": 0,
+    "SPAN_KIND_INTERNAL": 1,
+    "SPAN_KIND_SERVER": 2,
+    "SPAN_KIND_CLIENT": 3,
+    "SPAN_KIND_PRODUCER": 4,
+    "SPAN_KIND_CONSUMER": 5,
+}
+
+
+def nodes_from_json(document: Mapping[str, Any]) -> Iterator[tuple[int, SpanNode]]:
+    """(trace_id, node) for every span of an OTLP JSON `TracesData` object (hex ids, as written
+    by the collector's file exporter and accepted by OTLP/HTTP JSON)."""
+    if not isinstance(document, Mapping) or not isinstance(document.get("resourceSpans", []), list):
+        raise OtlpFormatError("expected an object with a 'resourceSpans' list")
+    for resource_spans in document.get("resourceSpans", []):
+        resource = json_attributes((resource_spans.get("resource") or {}).get("attributes", []))
+        service = str(resource.get("service.name") or "unknown_service")
+        version = resource.get("service.version")
+        for scope_spans in resource_spans.get("scopeSpans", []):
+            for span in scope_spans.get("spans", []):
+                trace_id = _hex_id(span.get("traceId"), 32, "traceId")
+                span_id = _hex_id(span.get("spanId"), 16, "spanId")
+                if trace_id is None or span_id is None:
+                    raise OtlpFormatError(f"span {span.get('name')!r} has no traceId or spanId")
+                kind = span.get("kind", 0)
+                attributes = json_attributes(span.get("attributes", []))
+                node = SpanNode(
+                    span_id,
+                    _hex_id(span.get("parentSpanId"), 16, "parentSpanId"),
+                    str(span.get("name", "")),
+                    _KIND_NAMES_JSON.get(kind, 0) if isinstance(kind, str) else int(kind),
+                    int(span.get("startTimeUnixNano", 0)),
+                    int(span.get("endTimeUnixNano", 0)),
+                    service,
+                    is_error=_json_status_code(span.get("status")) == _STATUS_ERROR,
+                    attributes=attributes,
+                    service_version=str(version) if version is not None else None,
+                )
+                fill_from_attributes(node, attributes)
+                node.source = span
+                yield trace_id, node
+
+
+def _json_status_code(status: Any) -> int:
+    code = (status or {}).get("code", 0)
+    if isinstance(code, str):
+        return {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}.get(code, 0)
+    return int(code)
+
+
+def read_json_lines(
+    lines: Iterable[str], on_error: Callable[[OtlpFormatError], None] | None = None
+) -> Iterator[tuple[int, SpanNode]]:
+    """Nodes from OTLP JSON lines (one `TracesData` per line; blank lines and lines without
+    `resourceSpans`, e.g. metrics or logs from the same file exporter, are skipped).
+
+    A malformed line raises `OtlpFormatError` naming its line number, or, with `on_error`, is
+    reported there and skipped so the rest of the file is still read.
+    """
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text:
+            continue
+        try:
+            try:
+                document = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise OtlpFormatError(
+                    f"line {number}: not JSON ({error.msg} at column {error.colno})"
+                ) from None
+            if not isinstance(document, dict) or "resourceSpans" not in document:
+                continue
+            try:
+                # Materialise the line first: a bad span must not leave half a line behind.
+                nodes = list(nodes_from_json(document))
+            except OtlpFormatError as error:
+                raise OtlpFormatError(f"line {number}: {error}") from None
+            except (TypeError, ValueError, AttributeError, KeyError) as error:
+                raise OtlpFormatError(f"line {number}: malformed span ({error})") from None
+        except OtlpFormatError as error:
+            if on_error is None:
+                raise
+            on_error(error)
+            continue
+        yield from nodes

@@ -1,0 +1,232 @@
+"""The trace-tree model every detector reads.
+
+Both hosts build it: the in-process span processor from SDK `ReadableSpan`s, the collector-side
+analyzer from OTLP protobuf or JSON (`processors.sources`). Detectors never know which.
+Building is linear in the number of spans and tolerates what real traces contain: missing
+parents (the tree gets several roots), duplicate span ids (the first wins), parent cycles
+(broken, the cycle's entry becomes a root).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+# Span kinds, numbered as in OTLP.
+KIND_INTERNAL = 1
+KIND_SERVER = 2
+KIND_CLIENT = 3
+KIND_PRODUCER = 4
+KIND_CONSUMER = 5
+KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+
+
+class SpanNode:
+    """One span with the fields detectors use already extracted (see `processors.semconv`)."""
+
+    __slots__ = (
+        "attributes",
+        "children",
+        "code_file",
+        "code_function",
+        "code_line",
+        "db_system",
+        "end_ns",
+        "http_method",
+        "http_route",
+        "http_status",
+        "http_url",
+        "is_error",
+        "kind",
+        "name",
+        "orm_lazy_load",
+        "parent",
+        "parent_id",
+        "perf_fingerprint",
+        "server_address",
+        "service",
+        "service_version",
+        "source",
+        "span_id",
+        "start_ns",
+        "statement",
+    )
+
+    def __init__(
+        self,
+        span_id: int,
+        parent_id: int | None,
+        name: str,
+        kind: int,
+        start_ns: int,
+        end_ns: int,
+        service: str = "unknown_service",
+        *,
+        is_error: bool = False,
+        attributes: Mapping[str, Any] | None = None,
+        service_version: str | None = None,
+    ) -> None:
+        self.span_id = span_id
+        self.parent_id = parent_id or None
+        self.name = name
+        self.kind = kind
+        self.start_ns = start_ns
+        self.end_ns = max(end_ns, start_ns)
+        self.service = service
+        self.service_version = service_version
+        self.is_error = is_error
+        self.attributes: Mapping[str, Any] = attributes if attributes is not None else {}
+        self.source: Any = None  # the span this node was built from, for re-export
+        self.parent: SpanNode | None = None
+        self.children: list[SpanNode] = []
+        self.db_system: str | None = None
+        self.statement: str | None = None
+        self.http_method: str | None = None
+        self.http_url: str | None = None
+        self.http_route: str | None = None
+        self.http_status: int | None = None
+        self.server_address: str | None = None
+        self.code_file: str | None = None
+        self.code_line: int | None = None
+        self.code_function: str | None = None
+        self.orm_lazy_load: str | None = None
+        self.perf_fingerprint: str | None = None
+
+    @property
+    def duration_ns(self) -> int:
+        return self.end_ns - self.start_ns
+
+    @property
+    def duration_ms(self) -> float:
+        return (self.end_ns - self.start_ns) / 1e6
+
+    @property
+    def span_id_hex(self) -> str:
+        return f"{self.span_id:016x}"
+
+    @property
+    def is_db(self) -> bool:
+        return self.statement is not None or self.db_system is not None
+
+    @property
+    def is_http_client(self) -> bool:
+        return self.kind == KIND_CLIENT and self.http_url is not None and self.statement is None
+
+    @property
+    def code_location(self) -> dict[str, Any] | None:
+        if self.code_file is None and self.code_function is None:
+            return None
+        return {"file": self.code_file, "line": self.code_line, "function": self.code_function}
+
+    def __repr__(self) -> str:
+        return f"SpanNode({self.name!r}, {self.span_id_hex}, {self.duration_ms:.2f}ms)"
+
+
+class TraceTree:
+    """The spans of one trace (or of one process's part of it), linked parent to children."""
+
+    __slots__ = ("_entries", "nodes", "roots", "trace_id")
+
+    def __init__(self, trace_id: int, spans: Iterable[SpanNode]) -> None:
+        self.trace_id = trace_id
+        by_id: dict[int, SpanNode] = {}
+        for node in spans:
+            if node.span_id not in by_id:
+                node.children = []
+                node.parent = None
+                by_id[node.span_id] = node
+        self.nodes: dict[int, SpanNode] = by_id
+        roots: list[SpanNode] = []
+        for node in by_id.values():
+            parent = by_id.get(node.parent_id) if node.parent_id is not None else None
+            if parent is None or parent is node:
+                roots.append(node)
+            else:
+                node.parent = parent
+                parent.children.append(node)
+        if self._link_from(roots, set()) < len(by_id):
+            self._cut_cycles(roots)
+        roots.sort(key=_start)
+        self.roots = roots
+        self._entries: dict[int, SpanNode] | None = None
+
+    @staticmethod
+    def _link_from(roots: list[SpanNode], reached: set[int] | None) -> int:
+        """Sort children by start time below `roots`; returns how many nodes were reached
+        (and records their ids in `reached`, when given)."""
+        count = 0
+        stack = list(roots)
+        while stack:
+            node = stack.pop()
+            count += 1
+            if reached is not None:
+                reached.add(node.span_id)
+            if len(node.children) > 1:
+                node.children.sort(key=_start)
+            stack.extend(node.children)
+        return count
+
+    def _cut_cycles(self, roots: list[SpanNode]) -> None:
+        """Nodes no root reaches hang below a parent cycle: cut each cycle once, linearly."""
+        reached: set[int] = set()
+        self._link_from(roots, reached)
+        for node in self.nodes.values():
+            if node.span_id in reached:
+                continue
+            on_path: set[int] = set()
+            current = node
+            while current.span_id not in on_path and current.parent is not None:
+                on_path.add(current.span_id)
+                current = current.parent
+            parent = current.parent
+            if parent is None:  # not on a cycle after all; unreachable in a consistent tree
+                continue
+            parent.children.remove(current)
+            current.parent = None
+            roots.append(current)
+            self._link_from([current], reached)
+
+    @property
+    def trace_id_hex(self) -> str:
+        return f"{self.trace_id:032x}"
+
+    @property
+    def root(self) -> SpanNode | None:
+        """The earliest-starting root: the request's entry span when the trace is whole."""
+        return self.roots[0] if self.roots else None
+
+    def __len__(self) -> int:
+        return len(self.nodes)
+
+    def walk(self) -> Iterator[SpanNode]:
+        """Every node, parents before children."""
+        stack = list(reversed(self.roots))
+        while stack:
+            node = stack.pop()
+            yield node
+            stack.extend(reversed(node.children))
+
+    def entry_span(self, node: SpanNode) -> SpanNode:
+        """The span that names the operation `node` belongs to: its nearest server/consumer
+        ancestor in the same service, else its root."""
+        if self._entries is None:
+            entries: dict[int, SpanNode] = {}
+            for each in self.walk():
+                parent = each.parent
+                if (
+                    parent is None
+                    or each.kind in (KIND_SERVER, KIND_CONSUMER)
+                    or each.service != parent.service
+                ):
+                    entries[each.span_id] = each
+                else:
+                    entries[each.span_id] = entries[parent.span_id]
+            self._entries = entries
+        return self._entries[node.span_id]
+
+    def end_ns(self) -> int:
+        return max((node.end_ns for node in self.nodes.values()), default=0)
+
+
+def _start(node: SpanNode) -> int:
+    return node.start_ns

@@ -1,0 +1,142 @@
+"""`otel-perf analyze FILE...`: OTLP JSON lines in, alerts as JSON lines out, time from the spans."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
+
+from tests.support.otlp import otlp_json_line
+
+OTEL_PERF = str(Path(sys.executable).parent / "otel-perf")
+BASE_NS = 1_735_689_600 * 10**9  # 2025-01-01T00:00:00Z: long before the test runs
+MS = 10**6
+
+
+def _request_with_n_plus_one(exporter_provider: TracerProvider, start_ns: int, customers: range) -> None:
+    tracer = exporter_provider.get_tracer("test")
+    root = tracer.start_span(
+        "GET /orders",
+        kind=SpanKind.SERVER,
+        start_time=start_ns,
+        attributes={"http.route": "/orders", "http.request.method": "GET"},
+    )
+    from opentelemetry import trace
+
+    context = trace.set_span_in_context(root)
+    at = start_ns + MS
+    for customer in customers:
+        # Stable semantic conventions, literals inlined: both must be handled.
+        span = tracer.start_span(
+            "SELECT shop",
+            kind=SpanKind.CLIENT,
+            context=context,
+            start_time=at,
+            attributes={
+                "db.system.name": "postgresql",
+                "db.query.text": f"SELECT * FROM customers WHERE id = {customer} "
+                f"AND token = 'secret-{customer}'",
+            },
+        )
+        span.end(end_time=at + 3 * MS)
+        at += 4 * MS
+    slow = tracer.start_span(
+        "SELECT shop",
+        kind=SpanKind.CLIENT,
+        context=context,
+        start_time=at,
+        attributes={"db.system": "postgresql", "db.statement": "SELECT sum(total) FROM orders"},
+    )
+    slow.end(end_time=at + 250 * MS)
+    root.end(end_time=at + 260 * MS)
+
+
+def _export_file(tmp_path: Path, starts: list[int]) -> Path:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "billing"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    lines = []
+    for start in starts:
+        exporter.clear()
+        _request_with_n_plus_one(provider, start, range(1, 13))
+        spans = exporter.get_finished_spans()
+        # Like the file exporter: a trace's spans may arrive in several batches/lines.
+        lines += [otlp_json_line(spans[:5]), otlp_json_line(spans[5:])]
+    path = tmp_path / "traces.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _analyze(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [OTEL_PERF, "analyze", *args], capture_output=True, text=True, input=stdin, timeout=60
+    )
+
+
+def _alerts(stdout: str) -> list[dict]:
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def test_analyze_reports_findings_with_span_time(tmp_path: Path) -> None:
+    path = _export_file(tmp_path, [BASE_NS])
+    result = _analyze(str(path))
+    assert result.returncode == 0, result.stderr
+    alerts = _alerts(result.stdout)
+    assert {(alert["type"], alert["operation"]) for alert in alerts} == {
+        ("n_plus_one", "GET /orders"),
+        ("slow_span", "GET /orders"),
+    }
+    n_plus_one = next(alert for alert in alerts if alert["type"] == "n_plus_one")
+    assert n_plus_one["details"]["count"] == 12
+    assert n_plus_one["details"]["statement"] == "SELECT * FROM customers WHERE id = ? AND token = ?"
+    assert n_plus_one["service"] == "billing" and n_plus_one["source"] == "offline"
+    assert n_plus_one["time"].startswith("2025-01-01T00:00:00")
+    assert "secret-" not in result.stdout
+    assert "Read 14 spans in 1 traces" in result.stderr
+
+
+def test_analyze_routes_like_live_traffic_using_span_time(tmp_path: Path) -> None:
+    minute, hour = 60 * 10**9, 3600 * 10**9
+    path = _export_file(tmp_path, [BASE_NS, BASE_NS + minute, BASE_NS + hour])
+    deduped = _alerts(_analyze(str(path)).stdout)
+    # Repeat a minute later: inside the 15-minute cooldown. An hour later: alerted again.
+    assert [alert["time"][:16] for alert in deduped if alert["type"] == "n_plus_one"] == [
+        "2025-01-01T00:00",
+        "2025-01-01T01:00",
+    ]
+    everything = _alerts(_analyze(str(path), "--no-dedup").stdout)
+    assert len([alert for alert in everything if alert["type"] == "n_plus_one"]) == 3
+
+
+def test_analyze_skips_malformed_lines_names_them_and_keeps_the_rest(tmp_path: Path) -> None:
+    good = _export_file(tmp_path, [BASE_NS]).read_text().splitlines()
+    bad_id = json.dumps(
+        {"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "abc", "spanId": "00"}]}]}]}
+    )
+    text = "\n".join([good[0], "{not json", good[1], bad_id, ""])
+    result = _analyze("-", stdin=text)
+    assert result.returncode == 1
+    assert "line 2: not JSON" in result.stderr
+    assert "line 4: traceId must be 32 hex characters" in result.stderr
+    assert len(_alerts(result.stdout)) == 2
+
+
+def test_analyze_names_a_missing_file_and_a_bad_setting(tmp_path: Path) -> None:
+    missing = _analyze(str(tmp_path / "nope.jsonl"))
+    assert missing.returncode == 2 and "can't read" in missing.stderr
+    import os
+
+    bad = subprocess.run(
+        [OTEL_PERF, "analyze", str(_export_file(tmp_path, [BASE_NS]))],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OTEL_PERF_SLOW_SPAN_DB_MS": "-5"},
+    )
+    assert bad.returncode == 2 and "OTEL_PERF_SLOW_SPAN_DB_MS='-5' is invalid" in bad.stderr
