@@ -113,6 +113,106 @@ def analyze(
 
 
 @app.command()
+def analyzer() -> None:
+    """Run the collector-side analyzer: OTLP in (from the collector's groupbytrace), whole traces
+    analysed, traces and alerts back to the collector. Settings: OTEL_PERF_ANALYZER_* and the rest."""
+    from otel_perf.analyzer.server import run
+
+    run()
+
+
+rig_app = typer.Typer(
+    help="The whole pipeline on loopback, without Docker: collector, analyzer, Jaeger, Alertmanager."
+)
+app.add_typer(rig_app, name="rig")
+StateDir = Annotated[Path | None, typer.Option(help="Where pids, logs and ports are kept.")]
+
+
+@rig_app.command("up")
+def rig_up(
+    analyzers: Annotated[
+        int, typer.Option(min=1, help="Analyzer replicas behind the loadbalancing exporter.")
+    ] = 1,
+    state_dir: StateDir = None,
+) -> None:
+    """Build what is missing, then start the stack on the standard ports (OTLP 4317/4318, Jaeger 16686,
+    Alertmanager 9093)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from otel_perf.stack.rig import RigError, Stack, default_state_dir
+    from otel_perf.stack.toolchain import ToolchainError
+
+    stack = Stack(state_dir or default_state_dir(), analyzers=analyzers)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=False) as progress:
+        tasks: dict[str, object] = {}
+
+        def report(name: str, message: str) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(f"{name}: {message}")
+            progress.update(tasks[name], description=f"{name}: {message}")
+
+        try:
+            stack.build(report)
+            stack.up(lambda service: report(service.name, "running"))
+        except (ToolchainError, RigError) as error:
+            stderr.print(f"[red]rig up failed:[/] {error}")
+            raise typer.Exit(1) from None
+    _print_status(stack)
+    ports = stack.ports
+    print(
+        "\nSend your app's telemetry here:\n"
+        f"  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:{ports.otlp_grpc} "
+        "opentelemetry-instrument python main.py"
+    )
+    print(
+        f"Jaeger API: http://127.0.0.1:{ports.jaeger_query}/api/traces?service=<name>&tags=%7B%22perf.issue%22%3A%22n_plus_one%22%7D"
+    )
+    print(f"Alertmanager: http://127.0.0.1:{ports.alertmanager}/api/v2/alerts   Logs: {stack.state_dir}")
+
+
+@rig_app.command("status")
+def rig_status(state_dir: StateDir = None) -> None:
+    """What runs where."""
+    from otel_perf.stack.rig import Stack, default_state_dir
+
+    stack = Stack.from_state(state_dir or default_state_dir())
+    if not _print_status(stack):
+        raise typer.Exit(3)
+
+
+@rig_app.command("down")
+def rig_down(state_dir: StateDir = None) -> None:
+    """Stop every service of the stack; nothing is left running."""
+    from otel_perf.stack.rig import Stack, default_state_dir
+
+    stack = Stack.from_state(state_dir or default_state_dir())
+    stack.down()
+    left = [status.name for status in stack.status() if status.running]
+    if left:
+        stderr.print(f"[red]still running:[/] {', '.join(left)}")
+        raise typer.Exit(1)
+    print("rig is down")
+
+
+def _print_status(stack: object) -> bool:
+    """A table of the services; True when all run and are healthy."""
+    from rich.table import Table
+
+    table = Table("Service", "PID", "State", "Endpoint")
+    statuses = stack.status()  # type: ignore[attr-defined]
+    for status in statuses:
+        state = (
+            "[green]healthy[/]"
+            if status.healthy
+            else ("[yellow]unhealthy[/]" if status.running else "[red]stopped[/]")
+        )
+        table.add_row(status.name, str(status.pid or "-"), state, status.endpoint)
+    Console().print(table)
+    return all(status.healthy for status in statuses)
+
+
+@app.command()
 def settings(
     markdown: Annotated[bool, typer.Option(help="Print the documentation table instead.")] = False,
 ) -> None:

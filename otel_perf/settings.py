@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from otel_perf.alerting.router import RouterSettings
 from otel_perf.alerting.sinks import SinkSettings
+from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.config import Section
 from otel_perf.processors.detectors import NPlusOneSettings, SlowSpanSettings
 from otel_perf.processors.processor import ProcessorSettings
@@ -25,6 +26,7 @@ class Settings(BaseModel):
     sinks: SinkSettings
     n_plus_one: NPlusOneSettings
     slow_span: SlowSpanSettings
+    analyzer: AnalyzerSettings
 
     @classmethod
     def from_env(cls, *, strict: bool = False, **sections: Section) -> Settings:

@@ -15,43 +15,48 @@ import re
 from functools import lru_cache
 from urllib.parse import urlsplit
 
-_SQL_COMMENT = re.compile(r"/\*.*?\*/|--[^\n]*", re.DOTALL)
-# String literals ('it''s', E'..'), dollar-quoted bodies, numbers, hex/binary blobs, bind params.
-_SQL_LITERAL = re.compile(
+# One left-to-right scan, so a comment marker inside a string (or a quote inside a comment) is
+# read as part of what encloses it. Unterminated strings and comments (a statement cut short by
+# the instrumentation) run to the end: better a lost tail than a leaked literal.
+_SQL_TOKEN = re.compile(
     r"""
-      [EeNnBbXx]?'(?:[^']|'')*'          # quoted string, with '' escapes and prefixes
-    | \$(?P<tag>[A-Za-z_]*)\$.*?\$(?P=tag)\$   # dollar-quoted string
-    | \b0[xX][0-9a-fA-F]+\b              # hex number
-    | (?<![\w$.])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?\b  # number not part of an identifier
-    | %\(\w+\)s | %s                     # pyformat / format params
-    | (?<!:):\w+                         # named params (:id), not ::casts
-    | \$\d+                              # numbered params ($1)
-    | \?                                 # qmark params
+      (?P<comment> /\*.*?(?:\*/|\Z) | --[^\n]* )
+    | (?P<quoted> "(?:[^"]|"")*(?:"|\Z) )          # identifier in standard SQL, string in MySQL
+    | (?P<literal>
+          [EeNnBbXx]?'(?:[^']|'')*(?:'|\Z)            # string, with '' escapes and prefixes
+        | \$(?P<tag>[A-Za-z_]*)\$.*?(?:\$(?P=tag)\$|\Z)  # dollar-quoted string
+        | \b0[xX][0-9a-fA-F]+\b                      # hex number
+        | (?<![\w$.])-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?!\w)  # number, not in an identifier
+        | %\(\w+\)s | %s                               # pyformat / format params
+        | (?<!:):\w+                                   # named params (:id), not ::casts
+        | \$\d+                                        # numbered params ($1)
+        | \?                                           # qmark params
+      )
     """,
     re.VERBOSE | re.DOTALL,
 )
-# A double-quoted token is an identifier in standard SQL but a string in MySQL: keep short
-# identifier-like ones, drop the rest as literals.
-_SQL_DOUBLE_QUOTED = re.compile(r'"(?:[^"]|"")*"')
 _SQL_PARAM_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
 _SQL_REPEATED_ROWS = re.compile(r"\(\?\)(?:\s*,\s*\(\?\))+")
 _SQL_SPACE = re.compile(r"\s+")
-_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_ .]{0,62}")
+_IDENTIFIER = re.compile(r'"[A-Za-z_][A-Za-z0-9_ .]{0,62}"')
 
 _MAX_STATEMENT_CHARS = 2000
 
 
-def _double_quoted(match: re.Match[str]) -> str:
-    inner = match.group(0)[1:-1]
-    return match.group(0) if _IDENTIFIER.fullmatch(inner) else "?"
+def _replace_token(match: re.Match[str]) -> str:
+    if match.group("comment") is not None:
+        return " "
+    quoted = match.group("quoted")
+    if quoted is not None:
+        # Keep short identifier-like ones ("users"."id"), drop the rest as literals.
+        return quoted if _IDENTIFIER.fullmatch(quoted) else "?"
+    return "?"
 
 
 @lru_cache(maxsize=8192)
 def normalize_sql(statement: str) -> str:
     """`SELECT * FROM t WHERE id = 42 AND x IN (1,2,3)` → `SELECT * FROM t WHERE id = ? AND x IN (?)`."""
-    text = _SQL_COMMENT.sub(" ", statement[: _MAX_STATEMENT_CHARS * 4])
-    text = _SQL_LITERAL.sub("?", text)
-    text = _SQL_DOUBLE_QUOTED.sub(_double_quoted, text)
+    text = _SQL_TOKEN.sub(_replace_token, statement[: _MAX_STATEMENT_CHARS * 4])
     text = _SQL_SPACE.sub(" ", text).strip()
     # Collapse IN-lists and multi-row VALUES after literals became "?": (?, ?, ?) → (?).
     text = _SQL_PARAM_LIST.sub("(?)", text)
@@ -77,6 +82,8 @@ _EMAILISH = re.compile(r"[^/@]+@[^/@]+")
 
 
 def _template_segment(segment: str) -> str:
+    # Path parameters (`cart;jsessionid=…`) carry session tokens: keep the name only.
+    segment = segment.split(";", 1)[0]
     if not segment:
         return segment
     if (

@@ -141,6 +141,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self._ready: deque[tuple[float, int]] = deque()
         self._recent: OrderedDict[int, None] = OrderedDict()
         self._buffered = 0
+        self._releasing = 0  # traces taken by the worker and not yet exported
         self._worker: threading.Thread | None = None
         self._stopping = False
 
@@ -238,10 +239,19 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                     self._wake.wait(timeout=self._next_wait())
                     batch = self._take_due()
                 stopping = self._stopping
-            for trace_id, pending in batch:
-                self._release(trace_id, pending)
+            self._release_all(batch)
             if stopping and not batch:
                 return
+
+    def _release_all(self, batch: list[tuple[int, _PendingTrace]]) -> None:
+        """Release traces taken by `_take_due` (which counted them in `_releasing`)."""
+        try:
+            for trace_id, pending in batch:
+                self._release(trace_id, pending)
+        finally:
+            with self._wake:
+                self._releasing -= len(batch)
+                self._wake.notify_all()
 
     def _next_wait(self) -> float:
         if self._ready:
@@ -270,6 +280,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         for trace_id, pending in due:
             self._buffered -= len(pending.spans)
             self._recent[trace_id] = None
+        self._releasing += len(due)
         while len(self._recent) > _RECENT_TRACES:
             self._recent.popitem(last=False)
         return due
@@ -299,17 +310,24 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def _drain(self) -> None:
+    def _drain(self, deadline: float) -> bool:
+        """Release everything held, and wait for what the worker is releasing; False on timeout."""
         with self._lock:
             batch = self._take_due(everything=True)
-        for trace_id, pending in batch:
-            self._release(trace_id, pending)
+        self._release_all(batch)
+        with self._wake:
+            while self._releasing > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._wake.wait(timeout=remaining)
+        return True
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Analyse and export everything held now, complete or not, then flush downstream."""
         deadline = time.monotonic() + timeout_millis / 1000
-        self._drain()
-        flushed = self.router.flush(max(0.0, deadline - time.monotonic()))
+        flushed = self._drain(deadline)
+        flushed = self.router.flush(max(0.0, deadline - time.monotonic())) and flushed
         for downstream in self._downstream:
             remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
             flushed = downstream.force_flush(remaining_ms) and flushed
@@ -322,7 +340,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             worker = self._worker
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=5)
-        self._drain()
+        self._drain(time.monotonic() + 5)
         self.router.shutdown()
         for downstream in self._downstream:
             downstream.shutdown()

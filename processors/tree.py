@@ -18,6 +18,7 @@ KIND_SERVER = 2
 KIND_CLIENT = 3
 KIND_PRODUCER = 4
 KIND_CONSUMER = 5
+MISSING_SPAN_NAME = "(missing parent span)"
 KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 
@@ -146,6 +147,7 @@ class TraceTree:
                 parent.children.append(node)
         if self._link_from(roots, set()) < len(by_id):
             self._cut_cycles(roots)
+        roots = self._adopt_orphans(roots)
         roots.sort(key=_start)
         self.roots = roots
         self._entries: dict[int, SpanNode] | None = None
@@ -165,6 +167,35 @@ class TraceTree:
                 node.children.sort(key=_start)
             stack.extend(node.children)
         return count
+
+    def _adopt_orphans(self, roots: list[SpanNode]) -> list[SpanNode]:
+        """Siblings whose parent is missing (it never ended, was dropped or sampled out) stay
+        siblings: they hang under a placeholder for that parent, so a loop below it is still seen."""
+        orphans: dict[int, list[SpanNode]] = {}
+        for node in roots:
+            if node.parent_id is not None and node.parent_id not in self.nodes:
+                orphans.setdefault(node.parent_id, []).append(node)
+        adopted: set[int] = set()
+        for parent_id, children in orphans.items():
+            if len(children) < 2:
+                continue
+            first = children[0]
+            placeholder = SpanNode(
+                parent_id,
+                None,
+                MISSING_SPAN_NAME,
+                0,
+                min(child.start_ns for child in children),
+                max(child.end_ns for child in children),
+                first.service,
+            )
+            placeholder.children = sorted(children, key=_start)
+            for child in children:
+                child.parent = placeholder
+                adopted.add(id(child))
+            self.nodes[parent_id] = placeholder
+            roots.append(placeholder)
+        return [node for node in roots if id(node) not in adopted] if adopted else roots
 
     def _cut_cycles(self, roots: list[SpanNode]) -> None:
         """Nodes no root reaches hang below a parent cycle: cut each cycle once, linearly."""

@@ -52,10 +52,9 @@ def assert_shop_findings(alerts: list[dict], db_system: str = "sqlite") -> None:
     lazy = n_plus_one["GET /orders"]["details"]
     assert lazy["kind"] == "db" and lazy["count"] == 25 and lazy["db_system"] == db_system
     assert (
-        (lazy["statement"].startswith("SELECT customers.id")
-        and lazy["statement"].endswith("WHERE customers.id = ?"))
-        or "customers.id = %(pk_1)s" not in lazy["statement"]
-    )
+        lazy["statement"].startswith("SELECT customers.id")
+        and lazy["statement"].endswith("WHERE customers.id = ?")
+    ) or "customers.id = %(pk_1)s" not in lazy["statement"]
     assert lazy["orm_relationship"] == "Order.customer"
     assert "selectinload(Order.customer)" in lazy["suggestion"]
     assert lazy["code_location"]["file"].endswith("main.py")

@@ -138,8 +138,9 @@ class AlertRouter:
                 sent_times.popleft()
             if len(sent_times) >= config.max_per_hour:
                 self.stats.suppressed_rate_limit += 1
-                if seen is not None:
-                    seen.suppressed += 1
+                if seen is None:  # remembered, so its occurrences are counted when it does go out
+                    seen = self._seen[finding.fingerprint] = _Seen(0, Severity.LOW)
+                seen.suppressed += 1
                 return None
             sent_times.append(now)
             occurrences = 1 + (seen.suppressed if seen is not None else 0)

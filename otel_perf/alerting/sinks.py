@@ -54,11 +54,13 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-def build_sinks(settings: SinkSettings) -> list[Sink]:
-    """The sinks the settings ask for; one that can't start (unwritable file) is reported and left out."""
+def build_sinks(settings: SinkSettings, otlp: Sink | None = None) -> list[Sink]:
+    """The sinks the settings ask for; one that can't start (unwritable file) is reported and left out.
+
+    `otlp` replaces the default OTLP sink (which uses the global providers), e.g. in the analyzer."""
     sinks: list[Sink] = []
     if settings.otlp:
-        sinks.append(OtlpSink())
+        sinks.append(otlp or OtlpSink())
     if settings.file is not None:
         try:
             sinks.append(FileSink(settings.file))

@@ -1,0 +1,107 @@
+"""Sends analysed requests back to the collector over OTLP/gRPC, in order, retrying until it can.
+
+A bounded queue in front: while the collector is away, requests wait (and retry with backoff);
+when the queue is full, the pipeline answers UNAVAILABLE upstream, so the collector's own queue
+holds the data instead of this process dropping it.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+
+logger = logging.getLogger("otel_perf.analyzer")
+
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.INTERNAL,
+}
+
+
+class Forwarder:
+    def __init__(self, endpoint: str, queue_size: int = 1000, timeout_s: float = 10.0) -> None:
+        self.endpoint = endpoint
+        self._timeout = timeout_s
+        self._channel = grpc.insecure_channel(endpoint)
+        self._stub = TraceServiceStub(self._channel)
+        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        self.sent = 0
+        self.failed_attempts = 0
+        self.dropped = 0
+        self.last_error: str | None = None
+        self._stopping = threading.Event()
+        self._worker = threading.Thread(target=self._run, name="otel-perf-forwarder", daemon=True)
+        self._worker.start()
+
+    def full(self) -> bool:
+        return self._queue.full()
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, request: Any) -> bool:
+        try:
+            self._queue.put_nowait(request)
+            return True
+        except queue.Full:
+            self.dropped += 1
+            return False
+
+    def _run(self) -> None:
+        while not (self._stopping.is_set() and self._queue.empty()):
+            try:
+                request = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            try:
+                self._send(request)
+            finally:
+                self._queue.task_done()
+
+    def _send(self, request: Any) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self._stub.Export(request, timeout=self._timeout)
+                self.sent += 1
+                self.last_error = None
+                return
+            except grpc.RpcError as error:
+                code = error.code()
+                self.failed_attempts += 1
+                self.last_error = f"{code.name}: {error.details()}"
+                if code not in _RETRYABLE:
+                    self.dropped += 1
+                    logger.error(
+                        "otel-perf analyzer: the collector rejected a request (%s); dropped", self.last_error
+                    )
+                    return
+                if self.failed_attempts in (1, 10) or self.failed_attempts % 100 == 0:
+                    logger.warning(
+                        "otel-perf analyzer: can't reach %s (%s); retrying", self.endpoint, self.last_error
+                    )
+                if time.monotonic() + delay > self._give_up_at:
+                    self.dropped += 1
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued (retrying for up to `timeout_s`), then stop."""
+        self._give_up_at = time.monotonic() + timeout_s
+        self._stopping.set()
+        self._worker.join(timeout=timeout_s + 1)
+        self._channel.close()
+
+    _give_up_at = float("inf")

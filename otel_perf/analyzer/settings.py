@@ -1,0 +1,42 @@
+"""`OTEL_PERF_ANALYZER_*`: where the analyzer listens, where it sends traces back, its bounds."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from otel_perf.config import Section
+
+
+class AnalyzerSettings(Section):
+    model_config = SettingsConfigDict(env_prefix="OTEL_PERF_ANALYZER_")
+
+    grpc_endpoint: str = Field(
+        "127.0.0.1:14317", description="OTLP/gRPC listen address (loopback unless told)."
+    )
+    http_endpoint: str = Field(
+        "127.0.0.1:14318", description="OTLP/HTTP listen address; also serves /healthz, /readyz, /metrics."
+    )
+    export_endpoint: str = Field(
+        "127.0.0.1:4327",
+        description="OTLP/gRPC endpoint (the collector's `otlp/analyzed` receiver) that gets every trace "
+        "back, flagged spans annotated, plus alert spans and log records.",
+    )
+    trace_wait_ms: float = Field(
+        200, ge=0, description="After a trace's last span arrives, wait this long for more before analysing."
+    )
+    max_buffered_spans: int = Field(
+        500_000,
+        ge=1,
+        description="Spans held for analysis; beyond, traces pass through unanalysed (counted).",
+    )
+    max_request_bytes: int = Field(
+        32 * 1024 * 1024, ge=1024, description="Larger OTLP requests get 413/RESOURCE_EXHAUSTED."
+    )
+    export_queue_size: int = Field(
+        1000,
+        ge=1,
+        description="Requests waiting to go back to the collector; when full, ingestion answers "
+        "UNAVAILABLE/503 so the collector retries.",
+    )
+    export_timeout_s: float = Field(10, gt=0, description="Per export attempt to the collector.")

@@ -1,0 +1,223 @@
+"""AlertRouter: which findings become alerts (time from the findings), and delivery that never blocks."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from otel_perf.processors.findings import Finding, Severity
+
+from otel_perf.alerting.router import Alert, AlertRouter, RouterSettings
+from otel_perf.alerting.sinks import FileSink
+
+S = 10**9  # ns per second
+T0 = 1_700_000_000 * S  # a fixed point in the past: the wall clock must not matter
+
+
+def finding(
+    fp: str = "fp-1", *, at_s: float = 0, severity: Severity = Severity.MEDIUM, type_: str = "n_plus_one"
+) -> Finding:
+    return Finding(
+        type=type_,
+        severity=severity,
+        service="shop",
+        operation="GET /orders/{id}",
+        title=f"N+1 queries: 10× SELECT in GET /orders/{{id}} ({fp})",
+        fingerprint=fp,
+        trace_id="ab" * 16,
+        span_ids=["0123456789abcdef"],
+        details={
+            "kind": "db",
+            "count": 10,
+            "statement": "SELECT * FROM t WHERE id = ?",
+            "parent_span": "GET /orders/{id}",
+            "total_duration_ms": 12.5,
+        },
+        time_ns=T0 + int(at_s * S),
+    )
+
+
+def router(**settings) -> AlertRouter:
+    return AlertRouter(RouterSettings(**settings))
+
+
+class RecordingSink:
+    def __init__(self, name: str = "recording") -> None:
+        self.name = name
+        self.alerts: list[Alert] = []
+
+    def send(self, alert: Alert) -> None:
+        self.alerts.append(alert)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class RaisingSink(RecordingSink):
+    def send(self, alert: Alert) -> None:
+        raise RuntimeError("sink is down")
+
+
+# --- decisions ------------------------------------------------------------------------------------
+
+
+def test_min_severity() -> None:
+    r = router(min_severity="high")
+    assert r.decide(finding("a", severity=Severity.MEDIUM)) is None
+    assert r.decide(finding("b", severity=Severity.HIGH)) is not None
+    assert r.decide(finding("c", severity=Severity.CRITICAL)) is not None
+    assert r.stats.suppressed_severity == 1
+
+
+def test_cooldown_by_fingerprint_uses_the_findings_time() -> None:
+    r = router(cooldown_s=600)
+    assert r.decide(finding("a", at_s=0)) is not None
+    assert r.decide(finding("a", at_s=599)) is None  # the same issue inside the cooldown
+    assert r.decide(finding("b", at_s=1)) is not None  # another issue is not affected
+    assert r.decide(finding("a", at_s=600)) is not None  # cooldown measured in span time
+    assert r.stats.suppressed_duplicate == 1
+    assert r.stats.received == 4
+
+
+def test_cooldown_does_not_use_the_wall_clock() -> None:
+    # Findings from a replay of last year's traces, hours apart in span time but decided within
+    # milliseconds of each other: each is outside the previous one's cooldown.
+    r = router(cooldown_s=3600)
+    sent = [r.decide(finding("a", at_s=hour * 3601)) for hour in range(5)]
+    assert all(alert is not None for alert in sent)
+
+
+def test_escalation_inside_cooldown_is_sent() -> None:
+    r = router(cooldown_s=900)
+    assert r.decide(finding("a", at_s=0, severity=Severity.LOW)) is not None
+    escalated = r.decide(finding("a", at_s=10, severity=Severity.HIGH))
+    assert escalated is not None and escalated.finding.severity == Severity.HIGH
+    assert r.decide(finding("a", at_s=20, severity=Severity.HIGH)) is None
+    assert r.decide(finding("a", at_s=30, severity=Severity.MEDIUM)) is None
+    assert r.decide(finding("a", at_s=40, severity=Severity.CRITICAL)) is not None
+
+
+def test_per_type_hourly_limit() -> None:
+    r = router(max_per_hour=3, cooldown_s=0)
+    decisions = [r.decide(finding(f"fp{i}", at_s=i * 60)) for i in range(5)]
+    assert [d is not None for d in decisions] == [True, True, True, False, False]
+    assert r.stats.suppressed_rate_limit == 2
+    # Another type has its own budget.
+    assert r.decide(finding("slow", at_s=300, type_="slow_span")) is not None
+    # An hour after the first alert, its slot is free again.
+    assert r.decide(finding("fp9", at_s=3600)) is not None
+    assert r.decide(finding("fp10", at_s=3601)) is None
+
+
+def test_occurrences_count_suppressed_repeats() -> None:
+    r = router(cooldown_s=100)
+    assert r.decide(finding("a", at_s=0)).occurrences == 1
+    for second in (10, 20, 30):
+        assert r.decide(finding("a", at_s=second)) is None
+    alert = r.decide(finding("a", at_s=150))
+    assert alert is not None
+    assert alert.occurrences == 4  # this one plus the three suppressed
+    assert alert.to_json()["occurrences"] == 4
+    assert r.decide(finding("a", at_s=300)).occurrences == 1
+
+
+def test_bad_min_severity_rejected() -> None:
+    with pytest.raises(ValueError, match="severity"):
+        RouterSettings(min_severity="urgent")
+
+
+# --- delivery -------------------------------------------------------------------------------------
+
+
+def test_a_failing_sink_is_counted_and_others_still_get_the_alert() -> None:
+    failing, first, last = RaisingSink("broken"), RecordingSink("first"), RecordingSink("last")
+    r = AlertRouter(RouterSettings(), [first, failing, last])
+    r.submit([finding("a"), finding("b")])
+    assert r.flush(5)
+    assert [a.finding.fingerprint for a in first.alerts] == ["a", "b"]
+    assert [a.finding.fingerprint for a in last.alerts] == ["a", "b"]
+    assert r.stats.sink_failures == {"broken": 2}
+    assert r.stats.sent == 2
+    r.shutdown()
+
+
+def test_submit_applies_the_decisions() -> None:
+    sink = RecordingSink()
+    r = AlertRouter(RouterSettings(min_severity="medium"), [sink])
+    r.submit([finding("a", severity=Severity.LOW), finding("b"), finding("b", at_s=1)])
+    assert r.flush(5)
+    assert [a.finding.fingerprint for a in sink.alerts] == ["b"]
+    r.shutdown()
+
+
+def test_file_sink_writes_one_json_object_per_line(tmp_path: Path) -> None:
+    path = tmp_path / "nested" / "alerts.jsonl"
+    sink = FileSink(path)
+    r = AlertRouter(RouterSettings(), [sink])
+    r.submit([finding("a"), finding("b", severity=Severity.CRITICAL)])
+    r.shutdown()
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == 2
+    alerts = [json.loads(line) for line in lines]
+    for alert in alerts:
+        for key in (
+            "type",
+            "severity",
+            "service",
+            "operation",
+            "trace_id",
+            "span_ids",
+            "fingerprint",
+            "title",
+            "details",
+            "occurrences",
+            "time",
+        ):
+            assert key in alert, key
+        assert alert["type"] == "n_plus_one"
+        assert alert["trace_id"] == "ab" * 16
+        assert alert["span_ids"] == ["0123456789abcdef"]
+        assert alert["details"]["statement"] == "SELECT * FROM t WHERE id = ?"
+        assert alert["time"].startswith("2023-11-14T22:13:20")
+    assert [a["severity"] for a in alerts] == ["medium", "critical"]
+    assert [a["fingerprint"] for a in alerts] == ["a", "b"]
+
+
+def test_file_sink_appends(tmp_path: Path) -> None:
+    path = tmp_path / "alerts.jsonl"
+    path.write_text('{"earlier": true}\n', encoding="utf-8")
+    sink = FileSink(path)
+    sink.send(Alert(finding("a")))
+    sink.close()
+    assert len(path.read_text(encoding="utf-8").splitlines()) == 2
+
+
+def test_full_queue_drops_and_counts_without_blocking() -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    class BlockingSink(RecordingSink):
+        def send(self, alert: Alert) -> None:
+            entered.set()
+            release.wait(10)
+            super().send(alert)
+
+    sink = BlockingSink()
+    r = AlertRouter(RouterSettings(queue_size=1, cooldown_s=0), [sink])
+    try:
+        r.submit([finding("first")])
+        assert entered.wait(5)  # the worker holds "first" inside the sink; the queue is empty
+        started = time.perf_counter()
+        r.submit([finding("second"), finding("third"), finding("fourth")])
+        assert time.perf_counter() - started < 0.5
+        assert r.stats.dropped_queue_full == 2
+    finally:
+        release.set()
+    assert r.flush(5)
+    assert [a.finding.fingerprint for a in sink.alerts] == ["first", "second"]
+    r.shutdown()

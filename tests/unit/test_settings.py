@@ -1,0 +1,158 @@
+"""OTEL_PERF_* settings: all documented; a bad value never stops the app (default + one log line),
+unless strict, where it is an error naming the variable."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import typing
+from pathlib import Path
+from typing import Any
+
+import pytest
+from otel_perf.processors.findings import Severity
+from pydantic import SecretStr
+
+from otel_perf.config import SettingsError
+from otel_perf.settings import Settings, documented_variables
+
+
+def _locate(variable: str) -> tuple[str, str, Any]:
+    for section_name, section_info in Settings.model_fields.items():
+        section = section_info.annotation
+        for field, info in section.model_fields.items():
+            if section.env_name(field) == variable:
+                return section_name, field, info
+    raise KeyError(variable)
+
+
+def _bad_value(info: Any) -> str | None:
+    """A value of the wrong type for the field; None where any string is acceptable."""
+    annotation = info.annotation
+    args = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+    if typing.get_origin(annotation) is typing.Union or type(annotation).__name__ == "UnionType":
+        annotation = args[0] if len(args) == 1 else annotation
+    if annotation is bool:
+        return "maybe"
+    if annotation in (int, float):
+        return "lots"
+    if typing.get_origin(annotation) is typing.Literal:
+        return "nowhere"
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return "urgent"
+    if typing.get_origin(annotation) is dict:
+        return "{not json"
+    if annotation in (str, Path, SecretStr):
+        return None
+    raise AssertionError(f"no bad value known for {annotation!r}: extend the test")
+
+
+VARIABLES = [row[0] for row in documented_variables()]
+TYPED_VARIABLES = [name for name in VARIABLES if _bad_value(_locate(name)[2]) is not None]
+
+
+def test_every_variable_has_a_description() -> None:
+    missing = [name for name, _, description in documented_variables() if not description.strip()]
+    assert not missing, f"OTEL_PERF_* variables without a description: {missing}"
+
+
+def test_every_variable_is_otel_perf_and_unique() -> None:
+    assert all(name.startswith("OTEL_PERF_") for name in VARIABLES)
+    assert len(VARIABLES) == len(set(VARIABLES))
+    for expected in (
+        "OTEL_PERF_ENABLED",
+        "OTEL_PERF_ALERTS_FILE",
+        "OTEL_PERF_N_PLUS_ONE_MIN_REPEATS",
+        "OTEL_PERF_SLOW_SPAN_OVERRIDES",
+        "OTEL_PERF_ALERTS_MIN_SEVERITY",
+    ):
+        assert expected in VARIABLES
+
+
+@pytest.mark.parametrize("variable", TYPED_VARIABLES)
+def test_bad_value_falls_back_to_default_with_one_log_line(
+    variable: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    section_name, field, info = _locate(variable)
+    monkeypatch.setenv(variable, _bad_value(info))
+    with caplog.at_level(logging.WARNING):
+        settings = Settings.from_env()
+    assert getattr(getattr(settings, section_name), field) == info.get_default(call_default_factory=True)
+    naming = [record for record in caplog.records if variable in record.getMessage()]
+    assert len(naming) == 1, [record.getMessage() for record in caplog.records]
+    assert len(caplog.records) == 1
+
+
+@pytest.mark.parametrize("variable", TYPED_VARIABLES)
+def test_bad_value_is_an_error_naming_the_variable_when_strict(
+    variable: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(variable, _bad_value(_locate(variable)[2]))
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env(strict=True)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "section", "field", "default"),
+    [
+        ("OTEL_PERF_N_PLUS_ONE_MIN_REPEATS", "1", "n_plus_one", "min_repeats", 5),  # below ge=2
+        ("OTEL_PERF_N_PLUS_ONE_MIN_SHARE", "1.5", "n_plus_one", "min_share", 0.1),
+        ("OTEL_PERF_SLOW_SPAN_DB_MS", "0", "slow_span", "db_ms", 100),
+        ("OTEL_PERF_SLOW_SPAN_OVERRIDES", '{"path:/x": 10}', "slow_span", "overrides", {}),
+        ("OTEL_PERF_SLOW_SPAN_OVERRIDES", '{"route:/x": -1}', "slow_span", "overrides", {}),
+        ("OTEL_PERF_ALERTS_MAX_PER_HOUR", "0", "router", "max_per_hour", 60),
+        ("OTEL_PERF_MAX_TRACES", "-3", "processor", "max_traces", 1000),
+    ],
+)
+def test_out_of_range_values_fall_back(
+    variable: str,
+    value: str,
+    section: str,
+    field: str,
+    default: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setenv(variable, value)
+    with caplog.at_level(logging.WARNING):
+        settings = Settings.from_env()
+    assert getattr(getattr(settings, section), field) == default
+    assert [variable in record.getMessage() for record in caplog.records] == [True]
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env(strict=True)
+
+
+def test_good_values_are_read_and_a_bad_neighbour_does_not_spoil_them(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_PERF_N_PLUS_ONE_MIN_REPEATS", "7")
+    monkeypatch.setenv("OTEL_PERF_N_PLUS_ONE_HIGH_MS", "not-a-number")
+    monkeypatch.setenv("OTEL_PERF_ALERTS_MIN_SEVERITY", "HIGH")
+    monkeypatch.setenv("OTEL_PERF_ENABLED", "false")
+    monkeypatch.setenv("OTEL_PERF_SLOW_SPAN_OVERRIDES", '{"route:/analytics/*": 2000}')
+    with caplog.at_level(logging.WARNING):
+        settings = Settings.from_env()
+    assert settings.n_plus_one.min_repeats == 7
+    assert settings.n_plus_one.high_ms == 250
+    assert settings.router.min_severity == Severity.HIGH
+    assert settings.processor.enabled is False
+    assert settings.processor.analyses_in_process is False
+    assert settings.slow_span.overrides == {"route:/analytics/*": 2000}
+    assert len(caplog.records) == 1 and "OTEL_PERF_N_PLUS_ONE_HIGH_MS" in caplog.records[0].getMessage()
+
+
+def test_defaults_without_environment() -> None:
+    settings = Settings.from_env(strict=True)
+    assert settings.processor.enabled is True
+    assert settings.n_plus_one.min_repeats == 5
+    assert settings.slow_span.db_ms == 100
+    assert settings.router.min_severity == Severity.LOW
+    assert settings.sinks.file is None
+
+
+def test_sections_passed_in_replace_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from otel_perf.processors.detectors import NPlusOneSettings
+
+    monkeypatch.setenv("OTEL_PERF_N_PLUS_ONE_MIN_REPEATS", "9")
+    settings = Settings.from_env(n_plus_one=NPlusOneSettings(min_repeats=3))
+    assert settings.n_plus_one.min_repeats == 3
