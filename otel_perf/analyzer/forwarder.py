@@ -14,18 +14,70 @@ import time
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2_grpc import TraceServiceStub
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans
 
 logger = logging.getLogger("otel_perf.analyzer")
 
 _RETRYABLE = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # unless the message is too large: that is split, not retried
     grpc.StatusCode.ABORTED,
     grpc.StatusCode.CANCELLED,
     grpc.StatusCode.INTERNAL,
 }
+
+
+def _too_large(error: grpc.RpcError) -> bool:
+    return error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in (error.details() or "")
+
+
+def split(request: ExportTraceServiceRequest) -> list[ExportTraceServiceRequest]:
+    """Two halves of a request (by resource, then scope, then span); [] when it is one span."""
+    halves = []
+    if len(request.resource_spans) > 1:
+        middle = len(request.resource_spans) // 2
+        for part in (request.resource_spans[:middle], request.resource_spans[middle:]):
+            halves.append(ExportTraceServiceRequest(resource_spans=part))
+        return halves
+    if not request.resource_spans:
+        return []
+    resource_spans = request.resource_spans[0]
+    if len(resource_spans.scope_spans) > 1:
+        middle = len(resource_spans.scope_spans) // 2
+        parts = (resource_spans.scope_spans[:middle], resource_spans.scope_spans[middle:])
+        return [
+            ExportTraceServiceRequest(
+                resource_spans=[
+                    ResourceSpans(
+                        resource=resource_spans.resource,
+                        scope_spans=part,
+                        schema_url=resource_spans.schema_url,
+                    )
+                ]
+            )
+            for part in parts
+        ]
+    if not resource_spans.scope_spans or len(resource_spans.scope_spans[0].spans) < 2:
+        return []
+    scope_spans = resource_spans.scope_spans[0]
+    middle = len(scope_spans.spans) // 2
+    return [
+        ExportTraceServiceRequest(
+            resource_spans=[
+                ResourceSpans(
+                    resource=resource_spans.resource,
+                    schema_url=resource_spans.schema_url,
+                    scope_spans=[
+                        ScopeSpans(scope=scope_spans.scope, spans=part, schema_url=scope_spans.schema_url)
+                    ],
+                )
+            ]
+        )
+        for part in (scope_spans.spans[:middle], scope_spans.spans[middle:])
+    ]
 
 
 class Forwarder:
@@ -81,6 +133,16 @@ class Forwarder:
                 code = error.code()
                 self.failed_attempts += 1
                 self.last_error = f"{code.name}: {error.details()}"
+                if _too_large(error):
+                    halves = split(request)
+                    if not halves:
+                        self.dropped += 1
+                        logger.error(
+                            "otel-perf analyzer: a single span is too large for %s; dropped", self.endpoint
+                        )
+                    for half in halves:
+                        self._send(half)
+                    return
                 if code not in _RETRYABLE:
                     self.dropped += 1
                     logger.error(

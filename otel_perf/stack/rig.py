@@ -141,6 +141,9 @@ class Stack:
                 [str(self._binary("jaeger")), "--config", str(config_file("jaeger.yaml"))],
                 {
                     **base_env,
+                    # Jaeger traces its own queries to localhost:4317 by default: our collector.
+                    "OTEL_SDK_DISABLED": "true",
+                    "OTEL_TRACES_SAMPLER": "always_off",
                     "OTEL_PERF_JAEGER_OTLP_ENDPOINT": f"{loopback}:{ports.jaeger_otlp_grpc}",
                     "OTEL_PERF_JAEGER_OTLP_HTTP_ENDPOINT": f"{loopback}:{ports.jaeger_otlp_http}",
                     "OTEL_PERF_JAEGER_QUERY_ENDPOINT": f"{loopback}:{ports.jaeger_query}",

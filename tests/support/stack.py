@@ -53,6 +53,15 @@ class RunningStack:
         response.raise_for_status()
         return response.json()["data"] or []
 
+    def jaeger_trace(self, trace_id: str) -> dict[str, Any] | None:
+        """One trace by id, whatever its timestamps (search only covers a lookback window)."""
+        response = httpx.get(f"http://127.0.0.1:{self.ports.jaeger_query}/api/traces/{trace_id}", timeout=10)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        data = response.json()["data"]
+        return data[0] if data else None
+
     # --- Alertmanager -----------------------------------------------------------------------------
 
     def alertmanager_alerts(self, service: str | None = None) -> list[dict[str, Any]]:

@@ -1,0 +1,170 @@
+"""The analyzer's receivers: both transports and encodings; bad input gets the OTLP-correct error
+and the process lives on, losing nothing else."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import time
+
+import grpc
+import httpx
+import pytest
+from google.rpc import code_pb2, status_pb2
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
+from tests.support.apps import wait_until
+from tests.support.stack import RunningStack
+
+PROTOBUF = {"Content-Type": "application/x-protobuf"}
+TRACE_EXPORT = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+def _request(
+    service: str, trace_byte: int, *, attribute_size: int = 0, start: int = 0, end: int = 0
+) -> bytes:
+    attributes = [KeyValue(key="service.name", value=AnyValue(string_value=service))]
+    span_attributes = (
+        [KeyValue(key="blob", value=AnyValue(string_value="x" * attribute_size))] if attribute_size else []
+    )
+    now = time.time_ns()
+    span = Span(
+        trace_id=bytes([trace_byte]) * 16,
+        span_id=bytes([trace_byte]) * 8,
+        name="GET /ping",
+        kind=2,
+        start_time_unix_nano=start or now - 10**6,
+        end_time_unix_nano=end or now,
+        attributes=span_attributes,
+    )
+    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+    request = ExportTraceServiceRequest(
+        resource_spans=[
+            ResourceSpans(resource=Resource(attributes=attributes), scope_spans=[ScopeSpans(spans=[span])])
+        ]
+    )
+    return request.SerializeToString()
+
+
+@pytest.fixture
+def analyzer_url(stack: RunningStack) -> str:
+    return f"http://127.0.0.1:{stack.ports.analyzer(0)[1]}"
+
+
+def test_http_protobuf_json_and_gzip_are_accepted_and_forwarded(
+    stack: RunningStack, analyzer_url: str
+) -> None:
+    assert (
+        httpx.post(f"{analyzer_url}/v1/traces", content=_request("in-proto", 1), headers=PROTOBUF).status_code
+        == 200
+    )
+    compressed = gzip.compress(_request("in-gzip", 2))
+    response = httpx.post(
+        f"{analyzer_url}/v1/traces", content=compressed, headers={**PROTOBUF, "Content-Encoding": "gzip"}
+    )
+    assert response.status_code == 200
+    document = {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "in-json"}}]},
+                "scopeSpans": [
+                    {
+                        "spans": [
+                            {
+                                "traceId": "03" * 16,
+                                "spanId": "03" * 8,
+                                "name": "GET /json",
+                                "kind": 2,
+                                "startTimeUnixNano": str(time.time_ns() - 10**6),
+                                "endTimeUnixNano": str(time.time_ns()),
+                            }
+                        ]
+                    }
+                ],
+            }
+        ]
+    }
+    response = httpx.post(f"{analyzer_url}/v1/traces", json=document)
+    assert response.status_code == 200 and response.json() == {}
+    # Forwarded to the collector and on to Jaeger, ids intact.
+    for service, trace_hex in (("in-proto", "01" * 16), ("in-gzip", "02" * 16), ("in-json", "03" * 16)):
+        traces = wait_until(lambda service=service: stack.jaeger_traces(service), timeout=30, what=service)
+        assert traces[0]["traceID"] == trace_hex
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "needle"),
+    [
+        (b"\x0a\xff\xff\xff", PROTOBUF, 400, "not a valid ExportTraceServiceRequest"),
+        (b"{not json", {"Content-Type": "application/json"}, 400, "not JSON"),
+        (
+            json.dumps(
+                {"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "abcd", "spanId": "00" * 8}]}]}]}
+            ).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "trace_id must be 16 bytes",
+        ),
+        (
+            json.dumps({"resourceSpans": "nope"}).encode(),
+            {"Content-Type": "application/json"},
+            400,
+            "not a valid",
+        ),
+        (b"\x00", {"Content-Type": "text/plain"}, 415, "Content-Type must be"),
+        (b"not gzip", {**PROTOBUF, "Content-Encoding": "gzip"}, 400, "invalid gzip"),
+    ],
+)
+def test_malformed_http_input_gets_the_otlp_error(
+    analyzer_url: str, body: bytes, headers: dict, status: int, needle: str
+) -> None:
+    response = httpx.post(f"{analyzer_url}/v1/traces", content=body, headers=headers)
+    assert response.status_code == status
+    if response.headers["content-type"].startswith("application/json"):
+        message = response.json()["message"]
+        assert response.json()["code"] == code_pb2.INVALID_ARGUMENT
+    else:
+        decoded = status_pb2.Status.FromString(response.content)
+        message = decoded.message
+        assert decoded.code == code_pb2.INVALID_ARGUMENT
+    assert needle in message
+    assert httpx.get(f"{analyzer_url}/healthz").status_code == 200
+
+
+def test_oversized_request_is_refused_before_it_is_read(analyzer_url: str) -> None:
+    response = httpx.post(f"{analyzer_url}/v1/traces", content=b"\x00" * (33 * 1024 * 1024), headers=PROTOBUF)
+    assert response.status_code == 413
+
+
+def test_grpc_errors_and_pathological_spans(stack: RunningStack, analyzer_url: str) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{stack.ports.analyzer(0)[0]}")
+    export = channel.unary_unary(TRACE_EXPORT)
+    with pytest.raises(grpc.RpcError) as error:
+        export(b"\x0a\xff\xff", timeout=5)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # Absurd timestamps (end before start, year 2500) and a 10 MB attribute: accepted, no crash.
+    export(_request("weird-times", 7, start=16_725_225_600 * 10**9, end=10**9), timeout=5)
+    export(_request("big-attribute", 8, attribute_size=10 * 1024 * 1024), timeout=30)
+    channel.close()
+    wait_until(lambda: stack.jaeger_trace("07" * 16), timeout=30, what="the odd-timestamp trace in Jaeger")
+    wait_until(lambda: stack.jaeger_trace("08" * 16), timeout=30, what="the 10 MB-attribute trace in Jaeger")
+    assert httpx.get(f"{analyzer_url}/healthz").status_code == 200
+    metrics = httpx.get(f"{analyzer_url}/metrics").text
+    assert "otel_perf_analyzer_rejected_bad_request_total" in metrics
+
+
+def test_health_readiness_and_metrics_endpoints(analyzer_url: str) -> None:
+    assert httpx.get(f"{analyzer_url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{analyzer_url}/readyz").json()["status"] == "ready"
+    metrics = httpx.get(f"{analyzer_url}/metrics").text
+    for name in (
+        "otel_perf_analyzer_spans_received_total",
+        "otel_perf_analyzer_traces_analysed_total",
+        "otel_perf_analyzer_alerts_sent_total",
+        "otel_perf_analyzer_buffered_spans",
+        "otel_perf_analyzer_export_queue",
+    ):
+        assert name in metrics
