@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
-from otel_perf.processors import semconv
+from otel_perf.processors import orm, semconv
 from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors
 from otel_perf.processors.code_location import CodeLocator
-from otel_perf.processors.sources import node_from_readable
+from otel_perf.processors.sources import node_from_readable, plain_attributes
 from otel_perf.processors.tree import TraceTree
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -127,6 +127,8 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self.router = router if router is not None else AlertRouter.from_settings(self.settings)
         self._downstream: tuple[SpanProcessor, ...] = (export_processor,) if export_processor else ()
         self._locator = CodeLocator() if self._config.capture_code_location else None
+        # Now if the app already imported SQLAlchemy; the launcher's post-instrument hook otherwise.
+        orm.watch_lazy_loads()
         self.stats = ProcessorStats()
         self._init_state()
         if hasattr(os, "register_at_fork"):
@@ -157,8 +159,10 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                 downstream.on_start(span, parent_context)
             return
         try:
-            if self._locator is not None and span.kind is SpanKind.CLIENT:
-                self._locator.annotate(span)
+            if span.kind is SpanKind.CLIENT:
+                if self._locator is not None:
+                    self._locator.annotate(span)
+                orm.annotate(span)
             parent = span.parent
             if parent is None or parent.is_remote:
                 trace_id = span.context.trace_id
@@ -349,7 +353,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
 def _annotated(span: ReadableSpan, mark: tuple[str, str, list[str]]) -> ReadableSpan:
     """A copy of an ended span with the finding's attributes (ended spans are immutable)."""
     issue, fingerprint, issues = mark
-    attributes: dict[str, Any] = dict(span.attributes or {})
+    attributes: dict[str, Any] = dict(plain_attributes(span))
     attributes[semconv.PERF_ISSUE] = issue
     attributes[semconv.PERF_FINGERPRINT] = fingerprint
     if len(issues) > 1:

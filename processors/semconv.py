@@ -31,6 +31,27 @@ PERF_FINGERPRINT = "perf.issue.fingerprint"
 PERF_ORM_LAZY_LOAD = "perf.orm.lazy_load"
 ALERT_SPAN_NAME = "perf.alert"
 
+# key → (SpanNode field, rank): one pass over a span's attributes fills every field, the
+# lowest rank (the stable convention) winning when both generations are present.
+NODE_FIELDS: dict[str, tuple[str, int]] = {
+    key: (field, rank)
+    for field, keys in (
+        ("db_system", DB_SYSTEM),
+        ("statement", DB_STATEMENT),
+        ("http_method", HTTP_METHOD),
+        ("http_url", HTTP_URL),
+        ("http_route", HTTP_ROUTE),
+        ("http_status", HTTP_STATUS),
+        ("server_address", SERVER_ADDRESS),
+        ("code_file", CODE_FILE),
+        ("code_line", CODE_LINE),
+        ("code_function", CODE_FUNCTION),
+        ("orm_lazy_load", (PERF_ORM_LAZY_LOAD,)),
+        ("perf_fingerprint", (PERF_FINGERPRINT,)),
+    )
+    for rank, key in enumerate(keys)
+}
+
 # Every key any reader above looks at: adapters that convert attribute lists use it to skip the rest.
 INTERESTING_KEYS = frozenset(
     DB_SYSTEM

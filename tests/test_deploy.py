@@ -4,8 +4,10 @@ exactly the environment each deployment sets. No Docker or cluster is needed (no
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -28,14 +30,13 @@ DEPLOY = ROOT / "deploy"
 COMPOSE_DIR = DEPLOY / "compose"
 COMPOSE_FILE = COMPOSE_DIR / "docker-compose.yaml"
 K8S_DIR = DEPLOY / "kubernetes"
-DEMO_DIR = DEPLOY / "demo"
 
 COLLECTOR_IMAGE = "otel/opentelemetry-collector-contrib"
 JAEGER_IMAGE = "jaegertracing/jaeger"
 ALERTMANAGER_IMAGE = "prom/alertmanager"
 ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)")
-# Read by the Go runtime of the collector and Jaeger, not by their configs.
-RUNTIME_ENV = {"GOMEMLIMIT", "GOMAXPROCS"}
+# Read by the Go runtime of the collector and Jaeger, or by Jaeger's own tracing SDK: not by their configs.
+PROCESS_ENV = {"GOMEMLIMIT", "GOMAXPROCS", "OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER"}
 WORKLOAD_KINDS = {"Deployment", "DaemonSet", "StatefulSet"}
 
 
@@ -321,7 +322,7 @@ def test_there_are_collectors_to_validate() -> None:
 def test_every_env_var_set_for_a_collector_is_read_by_its_configs(binary: str) -> None:
     for _, container in config_containers(binary):
         read = set().union(*(env_names_read(path) for path in container.config_files()))
-        unread = set(container.env) - read - RUNTIME_ENV
+        unread = set(container.env) - read - PROCESS_ENV
         assert not unread, f"{container.where} sets {sorted(unread)}, which its configs never read"
 
 
@@ -398,8 +399,23 @@ def test_compose_services_listen_on_all_interfaces_and_find_each_other() -> None
         f"collector:{collector['OTEL_PERF_COLLECTOR_TELEMETRY_PORT']}",
         f"analyzer:{port(analyzer['OTEL_PERF_ANALYZER_HTTP_ENDPOINT'])}",
     } <= targets
-    datasources = load_yaml(COMPOSE_DIR / "grafana/provisioning/datasources/otel-perf.yaml")["datasources"]
-    assert {"type": "prometheus", "url": "http://prometheus:9090"}.items() <= datasources[0].items()
+
+
+def test_grafana_provisioning_is_wired() -> None:
+    grafana = COMPOSE_DIR / "grafana"
+    datasources = load_yaml(grafana / "provisioning/datasources/otel-perf.yaml")["datasources"]
+    by_uid = {source["uid"]: source for source in datasources}
+    assert by_uid["prometheus"]["url"] == "http://prometheus:9090"
+    mounts = compose_containers()["grafana"].mounts
+    for provider in load_yaml(grafana / "provisioning/dashboards/otel-perf.yaml")["providers"]:
+        directory = mounts[provider["options"]["path"]]
+        assert directory is not None
+        dashboards = sorted(directory.glob("*.json"))
+        assert dashboards, f"no dashboards in {directory}"
+        for path in dashboards:
+            for panel in json.loads(path.read_text())["panels"]:
+                assert panel["datasource"]["uid"] in by_uid, f"{path.name}: {panel['title']}"
+                assert all(target["expr"] for target in panel["targets"])
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, bool]:
@@ -505,17 +521,19 @@ def test_demo_image_installs_the_repository_and_runs_the_shop_under_the_launcher
     dockerfile = (ROOT / build["dockerfile"]).read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
     assert re.search(r"^RUN pip install /tmp/otel-perf-src", dockerfile, re.M)
+    assert re.search(r"^COPY otel_perf/demo/app\.py /app/main\.py$", dockerfile, re.M)
     assert services["app"]["command"] == ["opentelemetry-instrument", "python", "main.py"]
     assert services["analyzer"]["command"] == ["otel-perf", "analyzer"]
     assert services["analyzer"]["image"] == services["app"]["image"]
 
 
 def test_demo_launcher_serves_the_shop_on_the_configured_address(tmp_path: Path) -> None:
-    """deploy/demo/main.py under `opentelemetry-instrument`, as in the container (no collector: no export)."""
+    """The shop as the image runs it (main.py, HOST from the environment) under `opentelemetry-instrument`."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         free_port = sock.getsockname()[1]
     launcher = Path(sys.executable).with_name("opentelemetry-instrument")
+    shutil.copy(ROOT / "otel_perf" / "demo" / "app.py", tmp_path / "main.py")
     env = {
         **{key: value for key, value in os.environ.items() if not key.startswith("OTEL_")},
         "HOST": "127.0.0.1",
@@ -527,7 +545,7 @@ def test_demo_launcher_serves_the_shop_on_the_configured_address(tmp_path: Path)
     }
     log = (tmp_path / "app.log").open("w")
     process = subprocess.Popen(
-        [str(launcher), sys.executable, str(DEMO_DIR / "main.py")],
+        [str(launcher), sys.executable, "main.py"],
         cwd=tmp_path,
         env=env,
         stdout=log,

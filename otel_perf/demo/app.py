@@ -2,9 +2,9 @@
 and healthy endpoints that must stay quiet. No otel-perf import anywhere: it is instrumented
 from outside, by `opentelemetry-instrument` or the sitecustomize drop-in, like any user's app.
 
-Run: `opentelemetry-instrument python app.py` (PORT, DATABASE_URL from the environment;
-SQLite in the working directory by default). Under another server (`uvicorn main:app --workers 2`),
-seed first: `python -c "import main; main.seed()"`.
+Run: `opentelemetry-instrument python app.py` (PORT, HOST, DATABASE_URL from the environment;
+127.0.0.1:8000 and SQLite in the working directory by default). Under another server
+(`uvicorn main:app --workers 2`), seed first: `python -c "import main; main.seed()"`.
 """
 
 from __future__ import annotations
@@ -182,4 +182,4 @@ async def stock_parallel() -> dict[str, object]:
 
 if __name__ == "__main__":
     seed()
-    uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")
+    uvicorn.run(app, host=os.environ.get("HOST", "127.0.0.1"), port=PORT, log_level="warning")
