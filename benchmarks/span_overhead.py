@@ -1,5 +1,9 @@
 """Figure 1: per-span cost of TraceAnalysisSpanProcessor on request-shaped trees.
 
+Three variants, interleaved: the SDK alone; otel-perf with its default CPU share for analysis
+(`OTEL_PERF_ANALYSIS_CPU_SHARE`, the shipped configuration); otel-perf analysing every trace
+(share 1, the worst case).
+
 A TracerProvider with a BatchSpanProcessor and a dropping exporter, without and with otel-perf in
 front of it. Each tree: a server span, 2 internal spans, 20 DB client spans with one repeated
 statement (an N+1, so detection and annotation run), each DB span started beneath 30 library
@@ -43,14 +47,17 @@ class DroppingExporter(SpanExporter):
         pass
 
 
-def build_provider(with_otel_perf: bool) -> tuple[TracerProvider, DroppingExporter]:
+def build_provider(cpu_share: float | None) -> tuple[TracerProvider, DroppingExporter]:
+    """The SDK alone (`cpu_share` None) or with otel-perf analysing at most that CPU share."""
     exporter = DroppingExporter()
     # A queue large enough that nothing is dropped: both variants export every span.
     batch = BatchSpanProcessor(exporter, max_queue_size=1_000_000, schedule_delay_millis=200)
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
-    if with_otel_perf:
+    if cpu_share is not None:
         settings = Settings.from_env(
-            processor=ProcessorSettings(trace_grace_ms=0, max_buffered_spans=10_000_000)
+            processor=ProcessorSettings(
+                trace_grace_ms=0, max_buffered_spans=10_000_000, analysis_cpu_share=cpu_share
+            )
         )
         provider.add_span_processor(
             TraceAnalysisSpanProcessor(
@@ -88,9 +95,9 @@ def _query(tracer: trace.Tracer, customer: int) -> None:
     span.end()
 
 
-def run(with_otel_perf: bool, trees: int, depth: int) -> tuple[float, float]:
+def run(cpu_share: float | None, trees: int, depth: int) -> tuple[float, float]:
     """(request-thread seconds per span, process CPU seconds per span)."""
-    provider, exporter = build_provider(with_otel_perf)
+    provider, exporter = build_provider(cpu_share)
     tracer = provider.get_tracer("bench")
 
     beneath_library = library_frames(depth)
@@ -118,30 +125,35 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--depth", type=int, default=30, help="library frames above each DB span start")
     args = parser.parse_args(argv)
-    cpu: dict[str, list[float]] = {"sdk": [], "otel_perf": []}
+    default_share = ProcessorSettings.model_fields["analysis_cpu_share"].default
+    variants = {"sdk": None, "otel_perf": default_share, "otel_perf_every_trace": 1.0}
+    cpu: dict[str, list[float]] = {name: [] for name in variants}
 
-    def variant(name: str, flag: bool):
+    def variant(name: str, share: float | None):
         def once() -> float:
-            wall, cpu_per_span = run(flag, args.trees, args.depth)
+            wall, cpu_per_span = run(share, args.trees, args.depth)
             cpu[name].append(cpu_per_span)
             return wall
 
         return once
 
-    walls = interleaved({"sdk": variant("sdk", False), "otel_perf": variant("otel_perf", True)}, args.rounds)
-    sdk_wall, perf_wall = median(walls["sdk"]), median(walls["otel_perf"])
-    sdk_cpu, perf_cpu = median(cpu["sdk"]), median(cpu["otel_perf"])
-    ratios = [perf / sdk for sdk, perf in zip(walls["sdk"], walls["otel_perf"], strict=True)]
-    result = {
-        "request_path_us_per_span_sdk": sdk_wall * 1e6,
-        "request_path_us_per_span_otel_perf": perf_wall * 1e6,
-        "request_path_ratio": perf_wall / sdk_wall,
-        "request_path_ratio_min_max": (min(ratios), max(ratios)),
-        "cpu_us_per_span_sdk": sdk_cpu * 1e6,
-        "cpu_us_per_span_otel_perf": perf_cpu * 1e6,
-        "cpu_ratio": perf_cpu / sdk_cpu,
-    }
-    emit("span_overhead", machine=machine(), trees=args.trees, rounds=args.rounds, depth=args.depth, **result)
+    walls = interleaved({name: variant(name, share) for name, share in variants.items()}, args.rounds)
+    result: dict[str, float] = {}
+    for name in variants:
+        result[f"request_path_us_per_span_{name}"] = median(walls[name]) * 1e6
+        result[f"cpu_us_per_span_{name}"] = median(cpu[name]) * 1e6
+    for name in ("otel_perf", "otel_perf_every_trace"):
+        result[f"request_path_ratio_{name}"] = median(walls[name]) / median(walls["sdk"])
+        result[f"cpu_ratio_{name}"] = median(cpu[name]) / median(cpu["sdk"])
+    emit(
+        "span_overhead",
+        machine=machine(),
+        trees=args.trees,
+        rounds=args.rounds,
+        depth=args.depth,
+        default_cpu_share=default_share,
+        **result,
+    )
     return result
 
 

@@ -9,7 +9,7 @@ from typing import Any
 from otel_perf.processors import semconv
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.findings import Finding
-from otel_perf.processors.tree import TraceTree
+from otel_perf.processors.tree import TraceShape, TraceTree
 
 logger = logging.getLogger("otel_perf.analysis")
 
@@ -24,6 +24,16 @@ def build_detectors(settings: Any) -> list[Detector]:
         if section.enabled:
             detectors.append(detector_class(section))
     return detectors
+
+
+def worth_analysing(shape: TraceShape, detectors: Sequence[Detector]) -> bool:
+    """Whether any detector could find something in a trace of this shape (a detector without
+    `could_match` always runs)."""
+    for detector in detectors:
+        could_match = getattr(detector, "could_match", None)
+        if could_match is None or could_match(shape):
+            return True
+    return False
 
 
 def analyze_tree(tree: TraceTree, detectors: Sequence[Detector], source: str = "in_process") -> list[Finding]:

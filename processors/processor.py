@@ -19,16 +19,17 @@ import os
 import threading
 import time
 import weakref
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
 from otel_perf.processors import orm, semconv
-from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors
+from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors, worth_analysing
+from otel_perf.processors.budget import AnalysisBudget
 from otel_perf.processors.code_location import CodeLocator
-from otel_perf.processors.sources import node_from_readable, plain_attributes
+from otel_perf.processors.sources import node_from_readable, plain_attributes, shape_of_readable
 from otel_perf.processors.tree import TraceTree
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from otel_perf.settings import Settings
 
 logger = logging.getLogger("otel_perf.processor")
+_CLIENT = SpanKind.CLIENT
 
 Mode = Literal["in_process", "collector", "both"]
 
@@ -71,6 +73,13 @@ class ProcessorSettings(Section):
     capture_code_location: bool = Field(
         True, description="Record the application frame of DB/HTTP client spans."
     )
+    analysis_cpu_share: float = Field(
+        0.01,
+        gt=0,
+        le=1,
+        description="Share of one CPU core in-process analysis may use; traces beyond it are exported "
+        "unanalysed (counted), every endpoint still analysed at least every 10 s. 1 analyses every trace.",
+    )
 
     @property
     def analyses_in_process(self) -> bool:
@@ -84,7 +93,8 @@ class ProcessorStats:
     traces_analysed: int = 0
     spans_analysed: int = 0
     findings: int = 0
-    spans_unanalysed: int = 0  # exported without analysis: a bound was hit, or a late straggler
+    spans_unanalysed: int = 0  # of analysed traces, exported without analysis: a bound was hit
+    traces_skipped: int = 0  # not analysed: over the CPU share or max_traces
     traces_timed_out: int = 0
     analysis_errors: int = 0
 
@@ -92,12 +102,11 @@ class ProcessorStats:
 @dataclass
 class _PendingTrace:
     started_ns: int
+    operation: str = ""
     spans: list[ReadableSpan] = field(default_factory=list)
     open_roots: int = 0
     queued: bool = False
-
-
-_RECENT_TRACES = 4096
+    request_path_s: float = 0.0  # CPU its analysis cost the request thread (call-site capture)
 
 
 class TraceAnalysisSpanProcessor(SpanProcessor):
@@ -127,6 +136,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self.router = router if router is not None else AlertRouter.from_settings(self.settings)
         self._downstream: tuple[SpanProcessor, ...] = (export_processor,) if export_processor else ()
         self._locator = CodeLocator() if self._config.capture_code_location else None
+        self._budget = AnalysisBudget(self._config.analysis_cpu_share)
         # Now if the app already imported SQLAlchemy; the launcher's post-instrument hook otherwise.
         orm.watch_lazy_loads()
         self.stats = ProcessorStats()
@@ -141,9 +151,9 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self._wake = threading.Condition(self._lock)
         self._traces: dict[int, _PendingTrace] = {}
         self._ready: deque[tuple[float, int]] = deque()
-        self._recent: OrderedDict[int, None] = OrderedDict()
         self._buffered = 0
         self._releasing = 0  # traces taken by the worker and not yet exported
+        self._next_timeout_scan = 0.0
         self._worker: threading.Thread | None = None
         self._stopping = False
 
@@ -154,40 +164,47 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
     # --- the request path: keep it short --------------------------------------------------------
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
-        if not self._active:
-            for downstream in self._downstream:
-                downstream.on_start(span, parent_context)
-            return
-        try:
-            if span.kind is SpanKind.CLIENT:
-                if self._locator is not None:
-                    self._locator.annotate(span)
-                orm.annotate(span)
-            parent = span.parent
-            if parent is None or parent.is_remote:
+        if self._active:
+            try:
                 trace_id = span.context.trace_id
-                with self._lock:
+                parent = span.parent
+                if parent is None or parent.is_remote:
+                    self._open_root(trace_id, span.name)
+                # Only traces that will be analysed pay for the call site (and it counts against
+                # the analysis CPU share).
+                if span.kind is _CLIENT:
                     pending = self._traces.get(trace_id)
-                    if pending is None and len(self._traces) < self._config.max_traces:
-                        pending = self._traces[trace_id] = _PendingTrace(time.monotonic_ns())
                     if pending is not None:
-                        pending.open_roots += 1
-        except Exception:  # never into application code
-            logger.debug("otel-perf: on_start failed", exc_info=True)
+                        started = time.perf_counter()
+                        if self._locator is not None:
+                            self._locator.annotate(span)
+                        orm.annotate(span)
+                        pending.request_path_s += time.perf_counter() - started
+            except Exception:  # never into application code
+                logger.debug("otel-perf: on_start failed", exc_info=True)
         for downstream in self._downstream:
             downstream.on_start(span, parent_context)
 
+    def _open_root(self, trace_id: int, operation: str) -> None:
+        """A local root starts: its trace is analysed if the budget and bounds allow."""
+        with self._lock:
+            pending = self._traces.get(trace_id)
+            if pending is None:
+                if len(self._traces) >= self._config.max_traces or not self._budget.allow(operation):
+                    self.stats.traces_skipped += 1
+                    return
+                pending = self._traces[trace_id] = _PendingTrace(time.monotonic_ns(), operation)
+            pending.open_roots += 1
+
     def on_end(self, span: ReadableSpan) -> None:
-        held = False
-        if self._active and span.name != semconv.ALERT_SPAN_NAME:
+        # Spans of traces not being analysed (and late stragglers) go straight to export.
+        if self._active and span.context.trace_id in self._traces:
             try:
-                held = self._buffer(span)
+                if self._buffer(span):
+                    return
             except Exception:  # never into application code
                 logger.debug("otel-perf: on_end failed", exc_info=True)
-            if not held:
-                self.stats.spans_unanalysed += 1
-        if not held:
-            self._forward((span,))
+        self._forward((span,))
 
     def _buffer(self, span: ReadableSpan) -> bool:
         """Hold `span` with its trace; False when it must be exported unanalysed."""
@@ -197,16 +214,16 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         config = self._config
         with self._lock:
             pending = self._traces.get(trace_id)
-            if pending is None:
-                if trace_id in self._recent or len(self._traces) >= config.max_traces:
-                    return False
-                pending = self._traces[trace_id] = _PendingTrace(time.monotonic_ns())
+            if pending is None or span.name == semconv.ALERT_SPAN_NAME:
+                return False
             held = (
                 len(pending.spans) < config.max_spans_per_trace and self._buffered < config.max_buffered_spans
             )
             if held:
                 pending.spans.append(span)
                 self._buffered += 1
+            else:
+                self.stats.spans_unanalysed += 1
             if is_local_root:
                 # Even when the root itself overflowed, it closes the trace: what was held is released.
                 pending.open_roots -= 1
@@ -271,37 +288,38 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             pending = self._traces.pop(trace_id, None)
             if pending is not None:
                 due.append((trace_id, pending))
-        timeout_ns = int(self._config.trace_timeout_s * 1e9)
-        oldest_allowed = time.monotonic_ns() - timeout_ns
-        for trace_id in [
-            trace_id
-            for trace_id, pending in self._traces.items()
-            if everything or pending.started_ns < oldest_allowed
-        ]:
-            pending = self._traces.pop(trace_id)
-            self.stats.traces_timed_out += not everything
-            due.append((trace_id, pending))
-        for trace_id, pending in due:
+        if everything or now >= self._next_timeout_scan:
+            # Traces whose local root never ended: a scan of all held traces, so at most once a second.
+            self._next_timeout_scan = now + 1.0
+            oldest_allowed = time.monotonic_ns() - int(self._config.trace_timeout_s * 1e9)
+            expired = [
+                trace_id
+                for trace_id, pending in self._traces.items()
+                if everything or pending.started_ns < oldest_allowed
+            ]
+            for trace_id in expired:
+                due.append((trace_id, self._traces.pop(trace_id)))
+            self.stats.traces_timed_out += 0 if everything else len(expired)
+        for _, pending in due:
             self._buffered -= len(pending.spans)
-            self._recent[trace_id] = None
         self._releasing += len(due)
-        while len(self._recent) > _RECENT_TRACES:
-            self._recent.popitem(last=False)
         return due
 
     def _release(self, trace_id: int, pending: _PendingTrace) -> None:
         """Analyse one trace, export its spans (annotated where flagged), route its findings."""
         spans = pending.spans
         findings = []
+        started = time.thread_time()
         try:
-            tree = TraceTree(trace_id, [node_from_readable(span) for span in spans])
-            findings = analyze_tree(tree, self._detectors)
-            if findings:
+            if worth_analysing(shape_of_readable(spans), self._detectors):
+                tree = TraceTree(trace_id, [node_from_readable(span) for span in spans])
+                findings = analyze_tree(tree, self._detectors)
+            if findings and self._downstream:  # annotate only what we alone hand to the exporter
                 marks = annotations(findings)
-                spans = [
-                    _annotated(span, marks[span.context.span_id]) if span.context.span_id in marks else span
-                    for span in spans
-                ]
+                for span in spans:
+                    mark = marks.get(span.context.span_id)
+                    if mark is not None:
+                        _annotate(span, mark)
             self.stats.traces_analysed += 1
             self.stats.spans_analysed += len(spans)
             self.stats.findings += len(findings)
@@ -309,6 +327,11 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             self.stats.analysis_errors += 1
             logger.exception("otel-perf: analysis of trace %032x failed; exporting it unannotated", trace_id)
         self._forward(spans)
+        # Charged: analysis, export hand-off and call-site capture (conservative: the hand-off is
+        # work the SDK would do anyway, on the request thread).
+        cost = time.thread_time() - started + pending.request_path_s
+        with self._lock:
+            self._budget.charge(pending.operation, cost)
         if findings:
             self.router.submit(findings)
 
@@ -350,25 +373,18 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             downstream.shutdown()
 
 
-def _annotated(span: ReadableSpan, mark: tuple[str, str, list[str]]) -> ReadableSpan:
-    """A copy of an ended span with the finding's attributes (ended spans are immutable)."""
+def _annotate(span: ReadableSpan, mark: tuple[str, str, list[str]]) -> None:
+    """Add the finding's attributes to an ended span before it is exported.
+
+    Ended spans are read-only through the API; the attributes are written into the span's own
+    mapping instead of copying the span (this runs for every flagged span). Only this processor
+    holds the span at this point: it reaches the export processor after analysis.
+    """
     issue, fingerprint, issues = mark
-    attributes: dict[str, Any] = dict(plain_attributes(span))
+    attributes = plain_attributes(span)
+    if not isinstance(attributes, dict):  # not an SDK span: leave it as it is
+        return
     attributes[semconv.PERF_ISSUE] = issue
     attributes[semconv.PERF_FINGERPRINT] = fingerprint
     if len(issues) > 1:
-        attributes["perf.issues"] = list(issues)
-    return ReadableSpan(
-        name=span.name,
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
-        attributes=attributes,
-        events=span.events,
-        links=span.links,
-        kind=span.kind,
-        status=span.status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
-    )
+        attributes["perf.issues"] = tuple(issues)

@@ -10,10 +10,12 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from opentelemetry.trace import SpanKind
 from otel_perf.processors import semconv
-from otel_perf.processors.tree import SpanNode
+from otel_perf.processors.tree import KIND_CLIENT, SpanNode, TraceShape
 
 _STATUS_ERROR = 2
+_SDK_CLIENT = SpanKind.CLIENT
 
 
 class OtlpFormatError(ValueError):
@@ -73,11 +75,16 @@ def plain_attributes(span: Any) -> Mapping[str, Any]:
     return span.attributes or {}
 
 
+def _fill_readable(node: SpanNode) -> None:
+    node.attributes = attributes = plain_attributes(node.source)
+    fill_from_attributes(node, attributes)
+
+
 def node_from_readable(span: Any) -> SpanNode:
-    """A node from an SDK `ReadableSpan` (SDK span kinds are numbered from 0, OTLP's from 1)."""
+    """A node from an SDK `ReadableSpan` (SDK span kinds are numbered from 0, OTLP's from 1);
+    attributes are read when first needed."""
     parent = span.parent
     resource_attributes = span.resource.attributes
-    attributes = plain_attributes(span)
     node = SpanNode(
         span.context.span_id,
         parent.span_id if parent is not None else None,
@@ -87,10 +94,9 @@ def node_from_readable(span: Any) -> SpanNode:
         span.end_time or span.start_time or 0,
         resource_attributes.get("service.name", "unknown_service"),
         is_error=span.status.status_code.value == _STATUS_ERROR,
-        attributes=attributes,
         service_version=resource_attributes.get("service.version"),
+        filler=_fill_readable,
     )
-    fill_from_attributes(node, attributes)
     node.source = span
     return node
 
@@ -111,9 +117,20 @@ def any_value(value: Any) -> Any:
 
 
 def _proto_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
-    """Only the keys detectors read: converting every attribute would dominate analysis cost."""
+    """Only the keys detectors read, converted inline: attribute conversion dominates the
+    analyzer's cost per span (each key and value access builds a Python object)."""
     interesting = semconv.INTERESTING_KEYS
-    return {kv.key: any_value(kv.value) for kv in key_values if kv.key in interesting}
+    out: dict[str, Any] = {}
+    for kv in key_values:
+        key = kv.key
+        if key in interesting:
+            value = kv.value
+            field = value.WhichOneof("value")
+            if field == "string_value":
+                out[key] = value.string_value
+            elif field is not None:
+                out[key] = any_value(value)
+    return out
 
 
 def _resource_identity(attributes: Iterable[Any]) -> tuple[str, str | None]:
@@ -126,35 +143,91 @@ def _resource_identity(attributes: Iterable[Any]) -> tuple[str, str | None]:
     return service, version
 
 
-def nodes_from_proto(request: Any) -> Iterator[tuple[int, SpanNode]]:
-    """(trace_id, node) for every span of an `ExportTraceServiceRequest` (or `TracesData`)."""
+ProtoSpan = tuple[Any, str, "str | None"]  # (span message, service.name, service.version)
+
+
+def spans_from_proto(request: Any) -> dict[int, list[ProtoSpan]]:
+    """The spans of an `ExportTraceServiceRequest` (or `TracesData`) by trace id, validated:
+    ids of the wrong length raise `OtlpFormatError` (the whole request is refused)."""
+    traces: dict[bytes, list[ProtoSpan]] = {}
     for resource_spans in request.resource_spans:
         service, version = _resource_identity(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                if len(span.trace_id) != 16 or len(span.span_id) != 8:
+                trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
+                if len(trace_id) != 16 or len(span_id) != 8 or (parent_id and len(parent_id) != 8):
                     raise OtlpFormatError(
-                        f"span {span.name!r}: trace_id must be 16 bytes and span_id 8 bytes, "
-                        f"got {len(span.trace_id)} and {len(span.span_id)}"
+                        f"span {span.name!r}: trace_id must be 16 bytes, span_id and parent_span_id 8, "
+                        f"got {len(trace_id)}, {len(span_id)} and {len(parent_id)}"
                     )
-                if span.parent_span_id and len(span.parent_span_id) != 8:
-                    raise OtlpFormatError(f"span {span.name!r}: parent_span_id must be 8 bytes")
-                attributes = _proto_attributes(span.attributes)
-                node = SpanNode(
-                    int.from_bytes(span.span_id, "big"),
-                    int.from_bytes(span.parent_span_id, "big") if span.parent_span_id else None,
-                    span.name,
-                    span.kind,
-                    span.start_time_unix_nano,
-                    span.end_time_unix_nano,
-                    service,
-                    is_error=span.status.code == _STATUS_ERROR,
-                    attributes=attributes,
-                    service_version=version,
-                )
-                fill_from_attributes(node, attributes)
-                node.source = span
-                yield int.from_bytes(span.trace_id, "big"), node
+                spans = traces.get(trace_id)
+                if spans is None:
+                    spans = traces[trace_id] = []
+                spans.append((span, service, version))
+    return {int.from_bytes(trace_id, "big"): spans for trace_id, spans in traces.items()}
+
+
+def _fill_proto(node: SpanNode) -> None:
+    node.attributes = attributes = _proto_attributes(node.source.attributes)
+    if attributes:
+        fill_from_attributes(node, attributes)
+
+
+def node_from_proto(span: Any, service: str, version: str | None) -> SpanNode:
+    """A node from an OTLP protobuf span; attributes are read when first needed."""
+    parent_id = span.parent_span_id
+    node = SpanNode(
+        int.from_bytes(span.span_id, "big"),
+        int.from_bytes(parent_id, "big") if parent_id else None,
+        span.name,
+        span.kind,
+        span.start_time_unix_nano,
+        span.end_time_unix_nano,
+        service,
+        is_error=span.status.code == _STATUS_ERROR,
+        service_version=version,
+        filler=_fill_proto,
+    )
+    node.source = span
+    return node
+
+
+def nodes_from_proto(request: Any) -> Iterator[tuple[int, SpanNode]]:
+    """(trace_id, node) for every span of an `ExportTraceServiceRequest` (or `TracesData`)."""
+    for trace_id, spans in spans_from_proto(request).items():
+        for span, service, version in spans:
+            yield trace_id, node_from_proto(span, service, version)
+
+
+def shape_of_proto(spans: Iterable[ProtoSpan]) -> TraceShape:
+    """The trace's shape from raw spans, without building nodes (see `TraceShape`)."""
+    siblings: dict[bytes, int] = {}
+    longest = 0
+    count = 0
+    for span, _, _ in spans:
+        count += 1
+        if span.kind == KIND_CLIENT:
+            parent = span.parent_span_id
+            siblings[parent] = siblings.get(parent, 0) + 1
+        duration = span.end_time_unix_nano - span.start_time_unix_nano
+        if duration > longest:
+            longest = duration
+    return TraceShape(count, max(siblings.values(), default=0), longest)
+
+
+def shape_of_readable(spans: Iterable[Any]) -> TraceShape:
+    siblings: dict[int, int] = {}
+    longest = 0
+    count = 0
+    for span in spans:
+        count += 1
+        if span.kind is _SDK_CLIENT:
+            parent = span.parent.span_id if span.parent is not None else 0
+            siblings[parent] = siblings.get(parent, 0) + 1
+        duration = (span.end_time or 0) - (span.start_time or 0)
+        if duration > longest:
+            longest = duration
+    return TraceShape(count, max(siblings.values(), default=0), longest)
 
 
 # --- OTLP JSON -----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ parents (the tree gets several roots), duplicate span ids (the first wins), pare
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 # Span kinds, numbered as in OTLP.
@@ -19,13 +20,42 @@ KIND_CLIENT = 3
 KIND_PRODUCER = 4
 KIND_CONSUMER = 5
 MISSING_SPAN_NAME = "(missing parent span)"
+_LAZY_FIELDS = frozenset(
+    (
+        "attributes",
+        "db_system",
+        "statement",
+        "http_method",
+        "http_url",
+        "http_route",
+        "http_status",
+        "server_address",
+        "code_file",
+        "code_line",
+        "code_function",
+        "orm_lazy_load",
+        "perf_fingerprint",
+    )
+)
 KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
+
+
+@dataclass(frozen=True)
+class TraceShape:
+    """What a trace looks like before any node is built, read in one cheap pass over its raw spans:
+    enough for each detector to say whether it could find anything (`Detector.could_match`), so a
+    healthy trace costs a fraction of a full analysis."""
+
+    spans: int
+    max_client_siblings: int  # the most CLIENT spans under one parent
+    max_duration_ns: int
 
 
 class SpanNode:
     """One span with the fields detectors use already extracted (see `processors.semconv`)."""
 
     __slots__ = (
+        "_filler",
         "attributes",
         "children",
         "code_file",
@@ -66,6 +96,7 @@ class SpanNode:
         is_error: bool = False,
         attributes: Mapping[str, Any] | None = None,
         service_version: str | None = None,
+        filler: Callable[[SpanNode], None] | None = None,
     ) -> None:
         self.span_id = span_id
         self.parent_id = parent_id or None
@@ -76,10 +107,18 @@ class SpanNode:
         self.service = service
         self.service_version = service_version
         self.is_error = is_error
-        self.attributes: Mapping[str, Any] = attributes if attributes is not None else {}
         self.source: Any = None  # the span this node was built from, for re-export
         self.parent: SpanNode | None = None
         self.children: list[SpanNode] = []
+        # With a filler, attributes and the semantic fields are read from the source on first use:
+        # most spans of a trace are never looked at that closely, and reading attributes is the
+        # dearest part of building a node.
+        self._filler = filler
+        if filler is None:
+            self.attributes = attributes if attributes is not None else {}
+            self.clear_semantics()
+
+    def clear_semantics(self) -> None:
         self.db_system: str | None = None
         self.statement: str | None = None
         self.http_method: str | None = None
@@ -92,6 +131,16 @@ class SpanNode:
         self.code_function: str | None = None
         self.orm_lazy_load: str | None = None
         self.perf_fingerprint: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        """Only reached for an unset slot: a semantic field of a node not filled yet."""
+        filler = self._filler
+        if filler is None or name not in _LAZY_FIELDS:
+            raise AttributeError(name)
+        self._filler = None
+        self.clear_semantics()
+        filler(self)
+        return getattr(self, name)
 
     @property
     def duration_ns(self) -> int:
@@ -126,7 +175,7 @@ class SpanNode:
 class TraceTree:
     """The spans of one trace (or of one process's part of it), linked parent to children."""
 
-    __slots__ = ("_entries", "nodes", "roots", "trace_id")
+    __slots__ = ("_end_ns", "_entries", "nodes", "roots", "trace_id")
 
     def __init__(self, trace_id: int, spans: Iterable[SpanNode]) -> None:
         self.trace_id = trace_id
@@ -151,6 +200,7 @@ class TraceTree:
         roots.sort(key=_start)
         self.roots = roots
         self._entries: dict[int, SpanNode] | None = None
+        self._end_ns: int | None = None
 
     @staticmethod
     def _link_from(roots: list[SpanNode], reached: set[int] | None) -> int:
@@ -256,7 +306,10 @@ class TraceTree:
         return self._entries[node.span_id]
 
     def end_ns(self) -> int:
-        return max((node.end_ns for node in self.nodes.values()), default=0)
+        """When the trace ended (the latest span end); computed once."""
+        if self._end_ns is None:
+            self._end_ns = max((node.end_ns for node in self.nodes.values()), default=0)
+        return self._end_ns
 
 
 def _start(node: SpanNode) -> int:

@@ -150,6 +150,15 @@ class AlertRouter:
                 self._seen.popitem(last=False)
             return Alert(finding, occurrences)
 
+    def remember(self, fingerprint: str, time_ns: int, severity: Severity) -> None:
+        """Another host alerted this finding (seen as its alert span in passing): treat it as sent,
+        so the cooldown covers both hosts."""
+        with self._decide_lock:
+            seen = self._seen.get(fingerprint)
+            if seen is None or seen.last_sent_ns < time_ns:
+                self._seen[fingerprint] = _Seen(time_ns, max(severity, seen.severity) if seen else severity)
+                self._seen.move_to_end(fingerprint)
+
     # --- delivery ---------------------------------------------------------------------------------
 
     def submit(self, findings: Sequence[Finding]) -> None:

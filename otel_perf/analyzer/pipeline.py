@@ -25,10 +25,16 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from otel_perf.alerting.router import AlertRouter
 from otel_perf.analyzer.otlp_codec import BadRequest
 from otel_perf.processors import semconv
-from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors
-from otel_perf.processors.findings import Finding
-from otel_perf.processors.sources import OtlpFormatError, nodes_from_proto
-from otel_perf.processors.tree import SpanNode, TraceTree
+from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors, worth_analysing
+from otel_perf.processors.findings import Finding, Severity
+from otel_perf.processors.sources import (
+    OtlpFormatError,
+    ProtoSpan,
+    node_from_proto,
+    shape_of_proto,
+    spans_from_proto,
+)
+from otel_perf.processors.tree import TraceTree
 from otel_perf.settings import Settings
 
 logger = logging.getLogger("otel_perf.analyzer")
@@ -67,7 +73,7 @@ class _Request:
 
 @dataclass
 class _Trace:
-    nodes: list[SpanNode] = field(default_factory=list)
+    spans: list[ProtoSpan] = field(default_factory=list)
     requests: list[_Request] = field(default_factory=list)
     due: float = 0.0
 
@@ -107,33 +113,32 @@ class AnalysisPipeline:
             self.stats.rejected_unavailable += 1
             raise Unavailable("the export queue back to the collector is full")
         try:
-            spans = list(nodes_from_proto(message))
+            traces = spans_from_proto(message)
         except OtlpFormatError as error:
             self.stats.rejected_bad_request += 1
             raise BadRequest(str(error)) from None
+        count = sum(len(spans) for spans in traces.values())
         self.stats.requests += 1
-        self.stats.spans_received += len(spans)
-        if not spans:
+        self.stats.spans_received += count
+        if not count:
             self._put(message)
             return
-        if not self._analyses or self._buffered + len(spans) > self._config.max_buffered_spans:
-            self.stats.spans_unanalysed += len(spans)
+        if not self._analyses or self._buffered + count > self._config.max_buffered_spans:
+            self.stats.spans_unanalysed += count
             self._put(message)
             return
-        request = _Request(message)
+        request = _Request(message, remaining=len(traces))
         due = time.monotonic() + self._config.trace_wait_ms / 1000
         with self._lock:
-            for trace_id, node in spans:
+            for trace_id, spans in traces.items():
                 trace = self._traces.get(trace_id)
                 if trace is None:
                     trace = self._traces[trace_id] = _Trace()
-                if not trace.requests or trace.requests[-1] is not request:
-                    trace.requests.append(request)
-                    request.remaining += 1
-                trace.nodes.append(node)
+                trace.requests.append(request)
+                trace.spans.extend(spans)
                 trace.due = due
                 self._traces.move_to_end(trace_id)
-            self._buffered += len(spans)
+            self._buffered += count
             self._wake.notify()
 
     def _put(self, message: Any) -> None:
@@ -170,20 +175,22 @@ class AnalysisPipeline:
             if not everything and trace.due > now:
                 break
             self._traces.popitem(last=False)
-            self._buffered -= len(trace.nodes)
+            self._buffered -= len(trace.spans)
             due.append((trace_id, trace))
         return due
 
     def _analyse(self, trace_id: int, trace: _Trace) -> None:
         findings: list[Finding] = []
         try:
-            tree = TraceTree(trace_id, trace.nodes)
-            findings = analyze_tree(tree, self._detectors, source="collector")
-            if findings:
-                _annotate(tree, findings)
-                findings = [finding for finding in findings if not self._already_alerted(tree, finding)]
+            self._learn_app_alerts(trace.spans)
+            if worth_analysing(shape_of_proto(trace.spans), self._detectors):
+                tree = TraceTree(trace_id, [node_from_proto(*span) for span in trace.spans])
+                findings = analyze_tree(tree, self._detectors, source="collector")
+                if findings:
+                    _annotate(tree, findings)
+                    findings = [finding for finding in findings if not self._already_alerted(tree, finding)]
             self.stats.traces_analysed += 1
-            self.stats.spans_analysed += len(trace.nodes)
+            self.stats.spans_analysed += len(trace.spans)
             self.stats.findings += len(findings)
         except Exception:
             self.stats.analysis_errors += 1
@@ -196,6 +203,23 @@ class AnalysisPipeline:
             request.remaining -= 1
             if request.remaining == 0:
                 self._put(request.message)
+
+    def _learn_app_alerts(self, spans: list[ProtoSpan]) -> None:
+        """Mode both: an app's alert span passing through means that finding was alerted; the
+        router's cooldown then also covers this analyzer (e.g. for traces the app did not analyse)."""
+        if not self._skip_marked:
+            return
+        for span, _, _ in spans:
+            if span.name != semconv.ALERT_SPAN_NAME:
+                continue
+            for event in span.events:
+                values = {kv.key: kv.value.string_value for kv in event.attributes}
+                fingerprint = values.get(semconv.PERF_FINGERPRINT)
+                if fingerprint:
+                    severity = Severity.parse(values.get("perf.severity") or "low")
+                    self.router.remember(
+                        fingerprint, event.time_unix_nano or span.end_time_unix_nano, severity
+                    )
 
     def _already_alerted(self, tree: TraceTree, finding: Finding) -> bool:
         """Mode both: the app marked these spans with this finding's fingerprint, so it alerted."""

@@ -33,6 +33,11 @@ def register_self_metrics(processor: Any) -> None:
             "",
             "Spans exported without analysis (a bound was hit, or late).",
         ),
+        "otel_perf.traces.skipped": (
+            lambda: stats.traces_skipped,
+            "",
+            "Traces not analysed in-process (CPU share or max_traces).",
+        ),
         "otel_perf.findings": (lambda: stats.findings, "", "Findings produced by detectors."),
         "otel_perf.alerts.sent": (lambda: router.sent, "", "Alerts delivered to the sinks."),
         "otel_perf.alerts.suppressed": (

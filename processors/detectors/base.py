@@ -6,13 +6,17 @@ from collections.abc import Iterable
 from typing import ClassVar, Protocol
 
 from otel_perf.processors.findings import Finding
-from otel_perf.processors.tree import SpanNode, TraceTree
+from otel_perf.processors.tree import SpanNode, TraceShape, TraceTree
 
 
 class Detector(Protocol):
     """Reads a whole tree and yields findings. Pure: no I/O, no clock (time comes from spans)."""
 
     name: ClassVar[str]
+
+    def could_match(self, shape: TraceShape) -> bool:
+        """False only when this trace certainly holds nothing for this detector (cheap, no nodes)."""
+        ...
 
     def detect(self, tree: TraceTree) -> Iterable[Finding]: ...
 

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from otel_perf.processors.detectors.base import operation_of, short
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
 from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
-from otel_perf.processors.tree import KIND_SERVER, SpanNode, TraceTree
+from otel_perf.processors.tree import KIND_SERVER, SpanNode, TraceShape, TraceTree
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -89,6 +89,10 @@ class NPlusOneDetector:
 
     def __init__(self, settings: NPlusOneSettings | None = None) -> None:
         self.settings = settings or NPlusOneSettings()
+
+    def could_match(self, shape: TraceShape) -> bool:
+        # Repeats are CLIENT spans (queries, calls) under one parent.
+        return shape.max_client_siblings >= self.settings.min_repeats
 
     def detect(self, tree: TraceTree) -> Iterator[Finding]:
         min_repeats = self.settings.min_repeats

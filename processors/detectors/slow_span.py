@@ -24,6 +24,7 @@ from otel_perf.processors.tree import (
     KIND_NAMES,
     KIND_SERVER,
     SpanNode,
+    TraceShape,
     TraceTree,
 )
 from pydantic import Field, field_validator
@@ -88,6 +89,19 @@ class SlowSpanDetector:
             ),
             key=lambda item: item[0],
         )
+        settings = self.settings
+        thresholds = [
+            settings.server_ms,
+            settings.db_ms,
+            settings.http_client_ms,
+            *settings.overrides.values(),
+        ]
+        if settings.internal_ms > 0:
+            thresholds.append(settings.internal_ms)
+        self._lowest_threshold_ns = min(thresholds) * 1e6
+
+    def could_match(self, shape: TraceShape) -> bool:
+        return shape.max_duration_ns > self._lowest_threshold_ns
 
     def threshold_ms(self, node: SpanNode) -> float | None:
         """The threshold that applies to `node`, or None when it is not checked."""
@@ -107,7 +121,10 @@ class SlowSpanDetector:
         return None
 
     def detect(self, tree: TraceTree) -> Iterator[Finding]:
+        lowest = self._lowest_threshold_ns
         for node in tree.walk():
+            if node.end_ns - node.start_ns <= lowest:
+                continue  # under every threshold: no need to read its attributes
             threshold = self.threshold_ms(node)
             if threshold is None:
                 continue

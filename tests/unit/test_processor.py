@@ -44,6 +44,7 @@ class Harness:
         self.exporter = InMemorySpanExporter()
         self.sink = RecordingSink()
         processor.setdefault("trace_grace_ms", 0)
+        processor.setdefault("analysis_cpu_share", 1.0)  # these tests are about analysis, not its budget
         settings = Settings.from_env(
             n_plus_one=NPlusOneSettings(min_repeats=5),
             processor=ProcessorSettings(**processor),
@@ -134,7 +135,7 @@ def test_spans_exported_when_max_traces_is_hit() -> None:
     spans = harness.flush()
     assert len(spans["GET /first"]) == 1 and len(spans["GET /second"]) == 1
     assert len(spans["SELECT"]) == 12
-    assert harness.processor.stats.spans_unanalysed == 7  # the second trace, root included
+    assert harness.processor.stats.traces_skipped == 1  # the second trace: exported, not analysed
     flagged = [s for s in spans["SELECT"] if s.attributes.get("perf.issue") == "n_plus_one"]
     assert {s.context.trace_id for s in flagged} == {first.get_span_context().trace_id}
     harness.provider.shutdown()
@@ -277,3 +278,30 @@ def test_trace_whose_root_never_ends_is_exported_after_the_timeout() -> None:
     assert harness.processor.stats.traces_timed_out == 1
     root.end()
     harness.provider.shutdown()
+
+
+def test_over_the_cpu_share_traces_are_exported_unanalysed_and_counted() -> None:
+    """A tiny share and a detector that burns CPU: later traces are skipped, none is lost."""
+    import time as _time
+
+    from otel_perf.processors.detectors.n_plus_one import NPlusOneDetector
+
+    class Slow(NPlusOneDetector):
+        def detect(self, tree):  # type: ignore[no-untyped-def]
+            deadline = _time.thread_time() + 0.02
+            while _time.thread_time() < deadline:
+                pass
+            return super().detect(tree)
+
+    harness = Harness(analysis_cpu_share=0.01, detectors=[Slow()])
+    for _ in range(5):
+        harness.request_with_queries(6, name="GET /orders")
+        harness.processor.force_flush()
+    spans = harness.flush()
+    assert len(spans["GET /orders"]) == 5 and len(spans["SELECT"]) == 30  # everything exported
+    stats = harness.processor.stats
+    assert stats.traces_analysed == 1 and stats.traces_skipped == 4
+    skipped_children = [span for span in spans["SELECT"] if "perf.issue" not in span.attributes]
+    assert len(skipped_children) == 24
+    # Spans of skipped traces don't pay for call-site capture either.
+    assert all("code.function.name" not in span.attributes for span in skipped_children)

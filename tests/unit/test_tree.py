@@ -177,3 +177,25 @@ def test_wide_tree_is_linear() -> None:
     assert walked == N
     assert starts == sorted(starts)
     assert elapsed < 3, f"{elapsed:.2f}s for a {N}-span wide tree"
+
+
+def test_a_big_bushy_trace_with_thousands_of_findings_stays_linear() -> None:
+    """20k spans, each parent with 10 children of which 5 repeat a query: 2000 N+1 findings."""
+    import time as _time
+
+    from otel_perf.processors.analysis import analyze_tree, build_detectors
+
+    from otel_perf.settings import Settings
+
+    nodes = [SpanNode(1, None, "GET /batch", 2, 0, 20_000 * 1_000_000, "svc")]
+    for number in range(2, 20_001):
+        child = SpanNode(
+            number, (number - 2) // 10 + 1, "SELECT", 3, number * 1_000_000, number * 1_000_000 + 10, "svc"
+        )
+        if number % 2 == 0:
+            child.statement, child.db_system = "SELECT * FROM t WHERE id = ?", "postgresql"
+        nodes.append(child)
+    started = _time.perf_counter()
+    findings = analyze_tree(TraceTree(1, nodes), build_detectors(Settings.from_env()))
+    assert len([f for f in findings if f.type == "n_plus_one"]) == 2000
+    assert _time.perf_counter() - started < 5  # quadratic would be minutes

@@ -1,0 +1,38 @@
+"""Each benchmark runs end to end (tiny sizes): they stay runnable. Their figures are not judged
+here: timing on a shared CI machine would only make the suite flaky (see BENCHMARKS.md)."""
+
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import analyzer_throughput, detection_latency, request_overhead, scaling, span_overhead
+
+
+def test_span_overhead_runs() -> None:
+    result = span_overhead.main(["--trees", "20", "--rounds", "1"])
+    assert result["cpu_us_per_span_sdk"] > 0 and result["cpu_ratio_otel_perf"] > 0
+
+
+def test_request_overhead_runs() -> None:
+    result = request_overhead.main(["--seconds", "0.5", "--rounds", "1", "--concurrency", "2"])
+    assert result["otel_perf_requests_per_second"] > 0 and result["uninstrumented_requests_per_second"] > 0
+
+
+def test_analyzer_throughput_runs() -> None:
+    result = analyzer_throughput.main(["--requests", "5", "--rounds", "1"])
+    assert result["traces_analysed"] >= 100  # every trace sent, warm-up included, was analysed
+
+
+def test_scaling_runs_and_stays_linear() -> None:
+    result = scaling.main(["--max-spans", "1000", "--flood-traces", "3000"])
+    flood = result["flood"]
+    assert flood["buffered_within_bound"] and flood["spans_sent"] == 30_000
+    for shape in ("bushy", "wide", "deep"):
+        assert set(result[f"{shape}_us_per_span"]) == {10, 100, 1000}
+
+
+@pytest.mark.timeout(120)
+def test_detection_latency_runs() -> None:
+    result = detection_latency.main(["--samples", "2"])
+    assert result["in_process_p50_ms"] >= result["in_process_grace_ms"]
+    assert result["collector_side_p50_ms"] >= result["analyzer_trace_wait_ms"]
