@@ -22,13 +22,13 @@ import grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
-from otel_perf.processors import TraceAnalysisSpanProcessor
 
 from benchmarks.analyzer_throughput import EXPORT
 from benchmarks.common import emit, machine, median
 from benchmarks.otlp_load import requests
 from benchmarks.processes import analyzer, sink_collector
 from otel_perf.alerting.router import AlertRouter, RouterSettings
+from otel_perf.processors import TraceAnalysisSpanProcessor
 from otel_perf.settings import Settings
 
 

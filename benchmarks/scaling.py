@@ -23,14 +23,14 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
+
+from benchmarks.common import emit, machine
+from otel_perf.alerting.router import AlertRouter
 from otel_perf.processors import TraceAnalysisSpanProcessor
 from otel_perf.processors.analysis import analyze_tree, build_detectors
 from otel_perf.processors.processor import ProcessorSettings
 from otel_perf.processors.sources import node_from_proto, spans_from_proto
 from otel_perf.processors.tree import TraceTree
-
-from benchmarks.common import emit, machine
-from otel_perf.alerting.router import AlertRouter
 from otel_perf.settings import Settings
 
 MS = 1_000_000
@@ -126,28 +126,43 @@ def memory_per_buffered_span(spans: int) -> float:
     return held / spans
 
 
-def flood(traces: int, children: int, bound: int) -> dict[str, float]:
-    """Traces whose roots never end, far more spans than the bound: RSS stays bounded."""
-    provider, processor = held_processor(bound)
+def flood(traces: int, children: int) -> dict[str, object]:
+    """Traces whose roots never end, with the shipped bounds (max_traces, max_buffered_spans):
+    held spans stop at the bound and RSS stops growing (second half vs first half of the flood)."""
+    settings = Settings.from_env(processor=ProcessorSettings(analysis_cpu_share=1.0))
+    processor = TraceAnalysisSpanProcessor(settings, router=AlertRouter(settings.router, []))
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
     tracer = provider.get_tracer("bench")
     process = psutil.Process(os.getpid())
-    gc.collect()
-    rss_before = process.memory_info().rss
     from opentelemetry import trace
 
-    roots = []
-    for _ in range(traces):
-        root = tracer.start_span("GET /stream", kind=SpanKind.SERVER)
-        roots.append(root)  # never ended
-        context = trace.set_span_in_context(root)
-        for _ in range(children):
-            tracer.start_span("SELECT shop", context=context, attributes={"db.statement": "SELECT 1"}).end()
+    def send(count: int) -> None:
+        for _ in range(count):
+            root = tracer.start_span("GET /stream", kind=SpanKind.SERVER)  # never ended, then forgotten
+            context = trace.set_span_in_context(root)
+            for _ in range(children):
+                tracer.start_span(
+                    "SELECT shop", context=context, attributes={"db.statement": "SELECT 1"}
+                ).end()
+
     gc.collect()
+    rss_start = process.memory_info().rss
+    send(traces // 2)
+    gc.collect()
+    rss_half = process.memory_info().rss
+    send(traces - traces // 2)
+    gc.collect()
+    rss_end = process.memory_info().rss
+    config = settings.processor
     return {
         "spans_sent": traces * children,
-        "spans_buffered": processor._buffered,
-        "buffered_within_bound": processor._buffered <= bound,
-        "rss_growth_mb": (process.memory_info().rss - rss_before) / 2**20,
+        "traces_held": len(processor._traces),
+        "spans_held": processor._buffered,
+        "within_bounds": len(processor._traces) <= config.max_traces
+        and processor._buffered <= config.max_buffered_spans,
+        "rss_growth_first_half_mb": (rss_half - rss_start) / 2**20,
+        "rss_growth_second_half_mb": (rss_end - rss_half) / 2**20,
     }
 
 
@@ -164,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
         result[f"{shape}_us_per_span"] = per_size
         result[f"{shape}_largest_to_smallest"] = per_size[sizes[-1]] / per_size[sizes[0]]
     result["bytes_per_buffered_span"] = memory_per_buffered_span(min(20_000, args.max_spans))
-    result["flood"] = flood(args.flood_traces, 10, bound=20_000)
+    result["flood"] = flood(args.flood_traces, 10)
     emit("scaling", machine=machine(), **result)
     return result
 

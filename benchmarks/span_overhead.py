@@ -24,11 +24,11 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind
-from otel_perf.processors import TraceAnalysisSpanProcessor
-from otel_perf.processors.processor import ProcessorSettings
 
 from benchmarks.common import emit, interleaved, library_frames, machine, median
 from otel_perf.alerting.router import AlertRouter
+from otel_perf.processors import TraceAnalysisSpanProcessor
+from otel_perf.processors.processor import ProcessorSettings
 from otel_perf.settings import Settings
 
 DB_SPANS, INTERNAL_SPANS = 20, 2

@@ -25,22 +25,22 @@ from typing import TYPE_CHECKING, Literal
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.trace import SpanKind
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from otel_perf.config import Section
 from otel_perf.processors import orm, semconv
 from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors, worth_analysing
 from otel_perf.processors.budget import AnalysisBudget
 from otel_perf.processors.code_location import CodeLocator
 from otel_perf.processors.sources import node_from_readable, plain_attributes, shape_of_readable
 from otel_perf.processors.tree import TraceTree
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
-
-from otel_perf.config import Section
 
 if TYPE_CHECKING:
     from opentelemetry.context import Context
-    from otel_perf.processors.detectors.base import Detector
 
     from otel_perf.alerting.router import AlertRouter
+    from otel_perf.processors.detectors.base import Detector
     from otel_perf.settings import Settings
 
 logger = logging.getLogger("otel_perf.processor")

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from opentelemetry.trace import SpanKind
+
 from otel_perf.processors import semconv
 from otel_perf.processors.tree import KIND_CLIENT, SpanNode, TraceShape
 

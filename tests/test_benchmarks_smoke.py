@@ -26,7 +26,7 @@ def test_analyzer_throughput_runs() -> None:
 def test_scaling_runs_and_stays_linear() -> None:
     result = scaling.main(["--max-spans", "1000", "--flood-traces", "3000"])
     flood = result["flood"]
-    assert flood["buffered_within_bound"] and flood["spans_sent"] == 30_000
+    assert flood["within_bounds"] and flood["spans_sent"] == 30_000
     for shape in ("bushy", "wide", "deep"):
         assert set(result[f"{shape}_us_per_span"]) == {10, 100, 1000}
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 
-from otel_perf.processors.detectors.base import operation_of, short
-from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
-from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
-from otel_perf.processors.tree import KIND_SERVER, SpanNode, TraceShape, TraceTree
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.config import Section
+from otel_perf.processors.detectors.base import operation_of, short
+from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
+from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
+from otel_perf.processors.tree import KIND_SERVER, SpanNode, TraceShape, TraceTree
 
 
 class NPlusOneSettings(Section):

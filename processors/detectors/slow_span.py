@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from fnmatch import translate
 from typing import Annotated
 
+from pydantic import Field, field_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
+
+from otel_perf.config import Section
 from otel_perf.processors.detectors.base import operation_of, short
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
 from otel_perf.processors.normalize import normalize_sql, url_template
@@ -27,10 +31,6 @@ from otel_perf.processors.tree import (
     TraceShape,
     TraceTree,
 )
-from pydantic import Field, field_validator
-from pydantic_settings import NoDecode, SettingsConfigDict
-
-from otel_perf.config import Section
 
 OVERRIDE_FIELDS = ("route", "name", "statement", "db.system", "service")
 

@@ -89,3 +89,20 @@ def tree(*nodes: SpanNode | list[SpanNode], trace_id: int = 0xABC) -> TraceTree:
     for item in nodes:
         flat.extend(item if isinstance(item, list) else [item])
     return TraceTree(trace_id, flat)
+
+
+class RecordingSink:
+    """An alert sink that keeps what it was given (a test double for Slack, PagerDuty, …)."""
+
+    def __init__(self, name: str = "recording") -> None:
+        self.name = name
+        self.alerts: list[Any] = []
+
+    def send(self, alert: Any) -> None:
+        self.alerts.append(alert)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

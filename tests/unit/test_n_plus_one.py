@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from otel_perf.processors.detectors.n_plus_one import NPlusOneDetector, NPlusOneSettings
 from otel_perf.processors.findings import Finding, Severity
 from otel_perf.processors.tree import KIND_CLIENT, KIND_SERVER, TraceTree
-
 from tests.unit.builders import http_call, loop, node, query, server, tree
 
 

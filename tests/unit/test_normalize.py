@@ -7,6 +7,7 @@ import string
 import uuid
 
 import pytest
+
 from otel_perf.processors.normalize import (
     is_transaction_control,
     normalize_sql,

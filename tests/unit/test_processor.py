@@ -15,28 +15,13 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
+
+from otel_perf.alerting.router import AlertRouter, RouterSettings
 from otel_perf.processors import TraceAnalysisSpanProcessor
 from otel_perf.processors.detectors import NPlusOneDetector, NPlusOneSettings
 from otel_perf.processors.processor import ProcessorSettings
-
-from otel_perf.alerting.router import Alert, AlertRouter, RouterSettings
 from otel_perf.settings import Settings
-
-
-class RecordingSink:
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.alerts: list[Alert] = []
-
-    def send(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+from tests.unit.builders import RecordingSink
 
 
 class Harness:

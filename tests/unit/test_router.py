@@ -8,10 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
-from otel_perf.processors.findings import Finding, Severity
 
 from otel_perf.alerting.router import Alert, AlertRouter, RouterSettings
 from otel_perf.alerting.sinks import FileSink
+from otel_perf.processors.findings import Finding, Severity
+from tests.unit.builders import RecordingSink
 
 S = 10**9  # ns per second
 T0 = 1_700_000_000 * S  # a fixed point in the past: the wall clock must not matter
@@ -42,21 +43,6 @@ def finding(
 
 def router(**settings) -> AlertRouter:
     return AlertRouter(RouterSettings(**settings))
-
-
-class RecordingSink:
-    def __init__(self, name: str = "recording") -> None:
-        self.name = name
-        self.alerts: list[Alert] = []
-
-    def send(self, alert: Alert) -> None:
-        self.alerts.append(alert)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class RaisingSink(RecordingSink):

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from otel_perf.processors.findings import Severity
 from pydantic import SecretStr
 
 from otel_perf.config import SettingsError
+from otel_perf.processors.findings import Severity
 from otel_perf.settings import Settings, documented_variables
 
 

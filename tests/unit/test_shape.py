@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
+
 from otel_perf.processors.analysis import worth_analysing
 from otel_perf.processors.detectors import NPlusOneDetector, SlowSpanDetector
 from otel_perf.processors.sources import shape_of_proto, spans_from_proto

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from otel_perf.processors.detectors.slow_span import SlowSpanDetector, SlowSpanSettings
-from otel_perf.processors.findings import Finding, Severity
-from otel_perf.processors.tree import KIND_CLIENT, KIND_INTERNAL, KIND_PRODUCER
 from pydantic import ValidationError
 
 from otel_perf.config import SettingsError
+from otel_perf.processors.detectors.slow_span import SlowSpanDetector, SlowSpanSettings
+from otel_perf.processors.findings import Finding, Severity
+from otel_perf.processors.tree import KIND_CLIENT, KIND_INTERNAL, KIND_PRODUCER
 from tests.unit.builders import http_call, node, query, server, tree
 
 

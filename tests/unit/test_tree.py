@@ -184,7 +184,6 @@ def test_a_big_bushy_trace_with_thousands_of_findings_stays_linear() -> None:
     import time as _time
 
     from otel_perf.processors.analysis import analyze_tree, build_detectors
-
     from otel_perf.settings import Settings
 
     nodes = [SpanNode(1, None, "GET /batch", 2, 0, 20_000 * 1_000_000, "svc")]
