@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from otel_perf import __version__
+
+if TYPE_CHECKING:
+    from otel_perf.stack.rig import Stack
 
 app = typer.Typer(
     name="otel-perf",
@@ -195,12 +198,12 @@ def rig_down(state_dir: StateDir = None) -> None:
     print("rig is down")
 
 
-def _print_status(stack: object) -> bool:
+def _print_status(stack: Stack) -> bool:
     """A table of the services; True when all run and are healthy."""
     from rich.table import Table
 
     table = Table("Service", "PID", "State", "Endpoint")
-    statuses = stack.status()  # type: ignore[attr-defined]
+    statuses = stack.status()
     for status in statuses:
         state = (
             "[green]healthy[/]"
