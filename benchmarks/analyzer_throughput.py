@@ -57,6 +57,11 @@ def _metric(http_port: int, name: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
+def _at_least_a_tick(cpu_s: float) -> float:
+    """Process CPU time is counted in clock ticks (10 ms): a tiny smoke run can measure 0."""
+    return max(cpu_s, 0.01)
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=300, help="OTLP requests of 20 traces each")
@@ -89,11 +94,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
                 while _metric(http_port, "otel_perf_analyzer_forwarded") < forwarded + len(payloads):
                     time.sleep(0.01)
                 analyzer_wall.append(time.perf_counter() - started)
-                analyzer_rates.append(spans / (cpu_seconds(process.pid) - cpu_before))
+                analyzer_rates.append(spans / _at_least_a_tick(cpu_seconds(process.pid) - cpu_before))
                 cpu_before = cpu_seconds(sink.pid)
                 send_all(sink_port, payloads)
                 time.sleep(0.5)  # the batch processor's queue drains
-                collector_rates.append(spans / (cpu_seconds(sink.pid) - cpu_before))
+                collector_rates.append(spans / _at_least_a_tick(cpu_seconds(sink.pid) - cpu_before))
             analysed = _metric(http_port, "otel_perf_analyzer_traces_analysed")
     result = {
         "spans_per_round": spans,

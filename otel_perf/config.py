@@ -60,5 +60,7 @@ def describe_errors(section: type[Section], error: ValidationError) -> list[tupl
         field = str(item["loc"][0]) if item["loc"] else ""
         value = item.get("input")
         shown = value if isinstance(value, (str, int, float)) else type(value).__name__
+        if field in section.model_fields and "SecretStr" in str(section.model_fields[field].annotation):
+            shown = "***"  # a webhook URL embeds its token: never in a log line
         problems.append((field, f"{section.env_name(field)}={shown!r} is invalid: {item['msg']}"))
     return problems

@@ -32,7 +32,7 @@ def analyze_traces(
 ) -> Iterator[Alert]:
     """Alerts in trace end-time order; with `dedup`, routed (cooldown, rate limit) like live ones."""
     detectors = build_detectors(settings)
-    router = AlertRouter(settings.router)
+    router = AlertRouter(settings.router, replay=True)
     trees = sorted(
         (TraceTree(trace_id, nodes) for trace_id, nodes in traces.items()), key=lambda tree: tree.end_ns()
     )

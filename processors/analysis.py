@@ -46,12 +46,24 @@ def analyze_tree(tree: TraceTree, detectors: Sequence[Detector], source: str = "
     for detector in detectors:
         try:
             for finding in detector.detect(tree):
+                if not _has_genuine_entry(tree, finding):
+                    logger.debug("otel-perf: %s dropped: no real entry span in this trace", finding.title)
+                    continue
                 finding.source = source
                 finding.root_span_id = root.span_id if root is not None else None
                 findings.append(finding)
         except Exception:  # a bug in one detector must not stop analysis
             logger.exception("otel-perf: detector %s failed on trace %s", detector.name, tree.trace_id_hex)
     return findings
+
+
+def _has_genuine_entry(tree: TraceTree, finding: Finding) -> bool:
+    """Every alert names a real entry point of its trace: findings under a missing parent (a
+    trace fragment) are dropped rather than filed under an operation that does not exist."""
+    if not finding.flagged:
+        return True
+    node = tree.nodes.get(finding.flagged[0])
+    return node is None or tree.is_genuine_entry(tree.entry_span(node))
 
 
 def _is_alert_trace(tree: TraceTree) -> bool:

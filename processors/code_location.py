@@ -10,6 +10,7 @@ and the one below it is not. A miss falls back to the walk and learns the new de
 
 from __future__ import annotations
 
+import asyncio.events
 import os
 import site
 import sys
@@ -20,6 +21,8 @@ from typing import Any
 from otel_perf.processors import semconv
 
 _LIBRARY, _APPLICATION = 0, 1
+# The frame that runs one step of an asyncio task or callback: a walk up a task's stack ends here.
+_EVENT_LOOP_STEP = asyncio.events.Handle._run.__code__
 _MAX_DEPTH = 200
 _DEPTHS_PER_KIND = 4
 
@@ -77,6 +80,8 @@ class CodeLocator:
                     return
         frame, depth = sys._getframe(1), 1
         while frame is not None and depth < _MAX_DEPTH:
+            if frame.f_code is _EVENT_LOOP_STEP:
+                return  # below: whoever started the event loop (`uvicorn.run` in main.py), not this task
             if self._kind(frame.f_code) == _APPLICATION:
                 _set_location(span, frame)
                 learned = self._depths.setdefault(key, [])
@@ -85,6 +90,27 @@ class CodeLocator:
                     del learned[_DEPTHS_PER_KIND:]
                 return
             frame, depth = frame.f_back, depth + 1
+        if frame is None:
+            frame = self._application_frame_beyond_greenlet()
+            if frame is not None:
+                _set_location(span, frame)
+
+    def _application_frame_beyond_greenlet(self) -> FrameType | None:
+        """Async SQLAlchemy runs the ORM in a greenlet (`greenlet_spawn`), whose stack ends at its
+        own start; the awaiting application coroutine is on the parent greenlet's stack, which is
+        suspended at the switch. Walk that one (not learned: the depth varies with the await chain)."""
+        greenlet = sys.modules.get("greenlet")
+        if greenlet is None:
+            return None
+        current = greenlet.getcurrent()
+        parent = getattr(current, "parent", None)
+        frame = getattr(parent, "gr_frame", None) if parent is not None else None
+        depth = 0
+        while frame is not None and depth < _MAX_DEPTH and frame.f_code is not _EVENT_LOOP_STEP:
+            if self._kind(frame.f_code) == _APPLICATION:
+                return frame
+            frame, depth = frame.f_back, depth + 1
+        return None
 
 
 def _set_location(span: Any, frame: FrameType) -> None:

@@ -12,52 +12,225 @@ and fast enough for the span path (sqlparse tokenises the whole statement, ~100x
 from __future__ import annotations
 
 import re
+import string
 from functools import lru_cache
+from itertools import zip_longest
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 # One left-to-right scan, so a comment marker inside a string (or a quote inside a comment) is
 # read as part of what encloses it. Unterminated strings and comments (a statement cut short by
 # the instrumentation) run to the end: better a lost tail than a leaked literal.
-_SQL_TOKEN = re.compile(
-    r"""
-      (?P<comment> /\*.*?(?:\*/|\Z) | --[^\n]* )
-    | (?P<quoted> "(?:[^"]|"")*(?:"|\Z) )          # identifier in standard SQL, string in MySQL
-    | (?P<literal>
-          [EeNnBbXx]?'(?:[^']|'')*(?:'|\Z)            # string, with '' escapes and prefixes
-        | \$(?P<tag>[A-Za-z_]*)\$.*?(?:\$(?P=tag)\$|\Z)  # dollar-quoted string
-        | \b0[xX][0-9a-fA-F]+\b                      # hex number
-        | (?<![\w$.])-?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?!\w)  # number, not in an identifier
-        | %\(\w+\)s | %s                               # pyformat / format params
-        | (?<!:):\w+                                   # named params (:id), not ::casts
-        | \$\d+                                        # numbered params ($1)
-        | \?                                           # qmark params
-      )
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+#
+# Where dialects disagree on what a character means, the statement is scanned under each reading.
+# A backslash escapes a quote in MySQL and in PostgreSQL E'' strings but is plain text in standard
+# SQL, and one statement may mix both (E'' next to standard strings): the readings agree up to the
+# first token whose extent differs, and from there on the whole rest goes. PostgreSQL and SQL
+# Server nest block comments, MySQL and SQLite do not, and no database mixes the two: what either
+# reading removes is removed.
+_COMMENT = r"/\*.*?(?:\*/|\Z) | --[^\n]*"
+_HASH_COMMENT = {"line": r" | \#[^\n]*", "spaced": r" | \#(?=\s|\Z)[^\n]*", "": ""}
+_QUOTED = {
+    False: r'"(?:[^"]|"")*(?:"|\Z)',
+    True: r'"(?:[^"\\]|""|\\.)*\\?(?:"|\Z)',
+}
+_STRING_BODY = {
+    False: r"'(?:[^']|'')*(?:'|\Z)",
+    True: r"'(?:[^'\\]|''|\\.)*\\?(?:'|\Z)",
+}
+_BACKTICKS = r"`(?:[^`]|``)*(?:`|\Z)"
+_BRACKETS = r" | \[(?:[^\]]|\]\])*(?:\]|\Z)"
+# Oracle's q'[...]' (any delimiter): a quote inside does not end the string.
+_Q_QUOTE = r"[nN]?[qQ]'(?:\[.*?\]'|\(.*?\)'|\{.*?\}'|<.*?>'|(?P<qd>[^\s\[({<]).*?(?P=qd)'|.*\Z) |"
+_LITERALS = r"""
+      [EeNnBbXx]?{string}                             # string, with '' escapes and prefixes
+    | \$(?<![\w$]\$)(?P<tag>(?:[A-Za-z_]\w*)?)\$.*?(?:\$(?P=tag)\$|\Z)  # dollar-quoted string
+    | (?<![\w$.])-?\.?\d(?:[\w.]|(?<=[eE])[-+])*      # number in any notation (1_000, .5, 1e-3, 0xFF,
+                                                       # 0b1, cut short: 1.5E-), and anything glued to it
+    | %\(\w+\)s | %s                                   # pyformat / format params
+    | (?<!:):\w+                                       # named params (:id), not ::casts
+    | \$\d+(?:\.\d+)?                                  # numbered params ($1), money ($9.50)
+    | \?\d*                                            # qmark params (?, ?1)
+"""
+
+
+class _Dialect(NamedTuple):
+    """How a database reads the characters dialects disagree on."""
+
+    double_quotes: str  # "identifier": always a name; "string": always a value; "context": either
+    hash_comments: str  # "line": `#` starts a comment (MySQL); "spaced": only `# ` does; "": never
+    brackets: bool  # [name] quotes an identifier (SQL Server, SQLite); elsewhere [] hold values
+    q_quotes: bool  # Oracle q'[...]'
+
+
+_ANSI = _Dialect("identifier", "", False, False)
+_MYSQL = _Dialect("string", "line", False, False)
+_BRACKETED = _Dialect("context", "spaced", True, False)
+_UNKNOWN = _Dialect("context", "spaced", False, False)
+_DIALECTS = {
+    **dict.fromkeys(
+        # "..." is always an identifier here: a value is never written in double quotes.
+        ("postgresql", "cockroachdb", "redshift", "db2", "ibm.db2", "h2", "hsqldb", "derby",
+         "vertica", "trino", "clickhouse"),
+        _ANSI,
+    ),
+    "oracle": _Dialect("identifier", "", False, True),
+    "oracle.db": _Dialect("identifier", "", False, True),
+    # "..." is a string (MySQL without ANSI_QUOTES; JSON documents).
+    **dict.fromkeys(("mysql", "mariadb", "mongodb"), _MYSQL),
+    # "..." is an identifier unless it names nothing (SQLite), or a string with QUOTED_IDENTIFIER OFF.
+    **dict.fromkeys(("sqlite", "mssql", "mssqlcompact", "microsoft.sql_server"), _BRACKETED),
+}  # fmt: skip
+
+
+@lru_cache(maxsize=64)
+def _sql_token(dialect: _Dialect, backslash_escapes: bool) -> re.Pattern[str]:
+    """The token pattern for one reading of one dialect; few combinations, compiled once each."""
+    literals = _LITERALS.replace("{string}", _STRING_BODY[backslash_escapes])
+    if dialect.q_quotes:
+        literals = _Q_QUOTE + literals
+    names = _BACKTICKS + (_BRACKETS if dialect.brackets else "")
+    # Every token starts with one of these: testing that first lets the scan pass over plain SQL
+    # ~3x faster than trying each alternative at each position.
+    starts = "-/\"'`$.%:?0-9EeNnBbXx" + "#" * bool(dialect.hash_comments)
+    starts += "\\[" * dialect.brackets + "Qq" * dialect.q_quotes
+    return re.compile(
+        rf"""
+        (?=[{starts}])
+        (?:
+          (?P<comment> {_COMMENT}{_HASH_COMMENT[dialect.hash_comments]} )
+        | (?P<quoted> {_QUOTED[backslash_escapes]} )
+        | (?P<name> {names} )
+        | (?P<literal> {literals} )
+        )
+        """,
+        re.VERBOSE | re.DOTALL,
+    )
+
+
 _SQL_PARAM_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)*\s*\)")
 _SQL_REPEATED_ROWS = re.compile(r"\(\?\)(?:\s*,\s*\(\?\))+")
 _SQL_SPACE = re.compile(r"\s+")
 _IDENTIFIER = re.compile(r'"[A-Za-z_][A-Za-z0-9_ .]{0,62}"')
+_QUOTED_NAME = re.compile(r"`[A-Za-z_][\w $#@-]{0,127}`|\[[A-Za-z_#@][\w $#@-]{0,127}\]")
+# Where SQLite and SQL Server can only read "..." as a name: after these keywords, or next to a dot.
+_NAME_KEYWORD_BEFORE = re.compile(
+    r"\b(?:FROM|JOIN|UPDATE|INTO|TABLE|AS|SET|INDEX|VIEW|TRIGGER|EXISTS|REFERENCES|WITH|COLUMN)\s*\Z",
+    re.IGNORECASE,
+)
+_NAME_START = frozenset(string.ascii_letters + '_"`[*')
+_NAME_CHAR = frozenset(string.ascii_letters + string.digits + '_$"`]')
+_COMMENT_MARK = re.compile(r"/\*|\*/")
 
 _MAX_STATEMENT_CHARS = 2000
 
+Region = tuple[int, int, bool]  # start, end, whether it is only a comment
 
-def _replace_token(match: re.Match[str]) -> str:
-    if match.group("comment") is not None:
-        return " "
-    quoted = match.group("quoted")
-    if quoted is not None:
-        # Keep short identifier-like ones ("users"."id"), drop the rest as literals.
-        return quoted if _IDENTIFIER.fullmatch(quoted) else "?"
-    return "?"
+
+def _certainly_a_name(text: str, start: int, end: int, plain_from: int) -> bool:
+    """`"order".id`, `t."Col"`, `FROM "order"`: places where no dialect reads "..." as a value.
+
+    `plain_from` is where the code since the previous token begins, so a keyword or dot inside
+    a comment or string never counts."""
+    after = text[end : end + 2]
+    if after[:1] == "." and after[1:2] in _NAME_START:
+        return True
+    if start - 1 >= plain_from and text[start - 1] == "." and start >= 2 and text[start - 2] in _NAME_CHAR:
+        return True
+    return _NAME_KEYWORD_BEFORE.search(text, max(plain_from, start - 24), start) is not None
+
+
+def _nested_comment_end(text: str, start: int) -> int:
+    depth = 0
+    for mark in _COMMENT_MARK.finditer(text, start):
+        depth += 1 if mark.group() == "/*" else -1
+        if depth == 0:
+            return mark.end()
+    return len(text)
+
+
+def _regions(text: str, pattern: re.Pattern[str], double_quotes: str, nested_comments: bool) -> list[Region]:
+    """What must not leave the process under one reading of the statement, in order."""
+    found: list[Region] = []
+    search = pattern.search
+    pos = 0
+    while match := search(text, pos):
+        start, end = match.span()
+        kind = match.lastgroup
+        if kind == "comment":
+            if nested_comments and text.startswith("/*", start) and "/*" in text[start + 2 : end]:
+                end = _nested_comment_end(text, start)
+            found.append((start, end, True))
+        elif kind == "quoted":
+            token = match.group()
+            keep = _IDENTIFIER.fullmatch(token) is not None and (
+                double_quotes == "identifier"
+                or (double_quotes == "context" and _certainly_a_name(text, start, end, pos))
+            )
+            if not keep:
+                found.append((start, end, False))
+        elif kind == "name":
+            if _QUOTED_NAME.fullmatch(match.group()) is None:
+                found.append((start, end, False))
+        else:
+            found.append((start, end, False))
+        pos = end if end > start else end + 1
+    return found
+
+
+def _agreed(readings: list[list[Region]], length: int) -> list[Region]:
+    """The first reading's regions up to where any other reading disagrees; from there on, one region.
+
+    Before the first token the readings disagree on, every reading (and every mix of them, as
+    PostgreSQL mixes E'' strings with standard ones) scanned the same tokens; after it, nothing
+    is known about where literals end, so nothing is kept."""
+    first = readings[0]
+    cut = length
+    for other in readings[1:]:
+        for mine, theirs in zip_longest(first, other, fillvalue=(length, length, False)):
+            if mine != theirs:
+                cut = min(cut, mine[0], theirs[0])
+                break
+    if cut == length:
+        return first
+    return [region for region in first if region[1] <= cut] + [(cut, length, False)]
+
+
+def _union(variants: list[list[Region]]) -> list[Region]:
+    """Everything removed under any variant is removed; overlapping regions become one."""
+    merged: list[Region] = []
+    for start, end, comment in sorted(region for regions in variants for region in regions):
+        if merged and start < merged[-1][1]:
+            last_start, last_end, last_comment = merged[-1]
+            merged[-1] = (last_start, max(last_end, end), last_comment and comment)
+        else:
+            merged.append((start, end, comment))
+    return merged
 
 
 @lru_cache(maxsize=8192)
-def normalize_sql(statement: str) -> str:
-    """`SELECT * FROM t WHERE id = 42 AND x IN (1,2,3)` → `SELECT * FROM t WHERE id = ? AND x IN (?)`."""
-    text = _SQL_TOKEN.sub(_replace_token, statement[: _MAX_STATEMENT_CHARS * 4])
-    text = _SQL_SPACE.sub(" ", text).strip()
+def normalize_sql(statement: str, db_system: str | None = None) -> str:
+    """`SELECT * FROM t WHERE id = 42 AND x IN (1,2,3)` → `SELECT * FROM t WHERE id = ? AND x IN (?)`.
+
+    `db_system` (the span's `db.system`/`db.system.name`) selects the dialect's quoting rules."""
+    text = statement[: _MAX_STATEMENT_CHARS * 4]
+    dialect = _DIALECTS.get(db_system.lower(), _UNKNOWN) if db_system else _UNKNOWN
+    escapes = (False, True) if "\\" in text else (False,)
+    nesting = (False, True) if text.count("/*") > 1 else (False,)
+    variants = []
+    for nested in nesting:
+        # A database reads all its comments one way, but may mix string conventions.
+        readings = [_regions(text, _sql_token(dialect, b), dialect.double_quotes, nested) for b in escapes]
+        variants.append(readings[0] if len(readings) == 1 else _agreed(readings, len(text)))
+    regions = variants[0] if len(variants) == 1 else _union(variants)
+    pieces = []
+    pos = 0
+    for start, end, comment in regions:
+        pieces.append(text[pos:start])
+        pieces.append(" " if comment else "?")
+        pos = end
+    pieces.append(text[pos:])
+    text = _SQL_SPACE.sub(" ", "".join(pieces)).strip()
     # Collapse IN-lists and multi-row VALUES after literals became "?": (?, ?, ?) → (?).
     text = _SQL_PARAM_LIST.sub("(?)", text)
     text = _SQL_REPEATED_ROWS.sub("(?)", text)
@@ -74,34 +247,60 @@ def is_transaction_control(template: str) -> bool:
     return template.upper().startswith(_TRANSACTION_CONTROL)
 
 
-_UUID = re.compile(r"[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}")
-_HEXISH = re.compile(r"[0-9a-fA-F]{16,}")
-_NUMERIC = re.compile(r"[-+]?\d+(?:\.\d+)?")
-_DIGITS = re.compile(r"\d")
-_EMAILISH = re.compile(r"[^/@]+@[^/@]+")
+# A path segment is kept only when it reads like a route word (`orders`, `order-lines`, `v2`,
+# `by-name`, `index.html`): lowercase or Capitalized words joined by - _ . ~, short, at most two
+# digits. Everything else (ids, slugs with numbers, mixed-case or random runs, base64, JWTs, API
+# keys) could be a value or a credential, so it becomes {id}: a lost word costs readability, a kept
+# token is a leak.
+_ROUTE_WORD = re.compile(r"[-_.~]?(?:[a-z0-9]+|[A-Z][a-z0-9]*)(?:[-_.~]+(?:[a-z0-9]+|[A-Z][a-z0-9]*))*")
+_MAX_ROUTE_WORD = 32
+# Not a word: no letter, 3+ digits, a letter run too long for a word (`internationalization` is
+# rarer in a route than a random lowercase token), 5 consonants in a row (random text).
+_NOT_A_WORD = re.compile(r"\A[^A-Za-z]*\Z|\d\D*\d\D*\d|[A-Za-z]{17}|[b-df-hj-np-tv-xz]{5}", re.IGNORECASE)
+# Credentials whose body can be all lowercase (GitHub, Stripe, Slack, GitLab, npm, PyPI, Hugging
+# Face, Shopify); mixed-case ones (AWS `AKIA…`, JWTs `eyJ…`) never read as route words anyway.
+_SECRET_PREFIXES = (
+    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "sk_live_", "sk_test_", "rk_live_", "rk_test_",
+    "pk_live_", "pk_test_", "whsec_", "xoxb-", "xoxp-", "xoxa-", "xoxr-", "xoxs-", "xapp-", "glpat-", "gldt-",
+    "npm_", "pypi-", "hf_", "shpat_", "sk-",
+)  # fmt: skip
+_QUERY_KEY = re.compile(r"[^\[\]]+(?:\[[^\[\]]*\])*")  # `page`, `filter[name]`, `ids[]`
+_QUERY_KEY_PART = re.compile(r"[^\[\]]+")
+
+
+def _is_route_word(segment: str) -> bool:
+    """Whether a segment is one of the route's own words rather than a value (see above)."""
+    return (
+        len(segment) <= _MAX_ROUTE_WORD
+        and _ROUTE_WORD.fullmatch(segment) is not None
+        and not segment.startswith(_SECRET_PREFIXES)
+        and _NOT_A_WORD.search(segment) is None
+    )
 
 
 def _template_segment(segment: str) -> str:
     # Path parameters (`cart;jsessionid=…`) carry session tokens: keep the name only.
     segment = segment.split(";", 1)[0]
-    if not segment:
+    if not segment or _is_route_word(segment):
         return segment
-    if (
-        _NUMERIC.fullmatch(segment)
-        or _UUID.fullmatch(segment)
-        or _HEXISH.fullmatch(segment)
-        or _EMAILISH.fullmatch(segment)
-        or len(_DIGITS.findall(segment)) >= 3
-    ):
-        return "{id}"
-    return segment
+    return "{id}"
+
+
+def _template_query_key(key: str) -> str:
+    """Keys are names (`page`, `filter[name]`, `X-Amz-Signature`), unless one carries a value."""
+    if not key:
+        return key
+    if _QUERY_KEY.fullmatch(key) and all(_is_route_word(part) for part in _QUERY_KEY_PART.findall(key)):
+        return key
+    return "{id}"
 
 
 @lru_cache(maxsize=8192)
 def url_template(url: str) -> str:
     """`https://u:p@api.x/orders/42/items?token=abc` → `https://api.x/orders/{id}/items?token=`.
 
-    Drops credentials, fragment and every query value; replaces id-like path segments.
+    Drops credentials, fragment and every query value; keeps only path segments that read as the
+    route's own words (`orders`, `order-lines`, `v2`) and replaces the rest, ids and tokens, by {id}.
     """
     try:
         parts = urlsplit(url)
@@ -112,8 +311,8 @@ def url_template(url: str) -> str:
     path = "/".join(_template_segment(segment) for segment in parts.path.split("/"))
     query = ""
     if parts.query:
-        keys = sorted({pair.split("=", 1)[0] for pair in parts.query.split("&") if pair})
-        query = "?" + "&".join(f"{_template_segment(key)}=" for key in keys)
+        keys = sorted({_template_query_key(pair.split("=", 1)[0]) for pair in parts.query.split("&") if pair})
+        query = "?" + "&".join(f"{key}=" for key in keys)
     authority = f"{host}:{port}" if port else host
     prefix = f"{parts.scheme}://{authority}" if parts.scheme else authority
     return f"{prefix}{path or '/'}{query}"

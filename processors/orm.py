@@ -1,9 +1,16 @@
 """Which SQLAlchemy relationship a query lazy-loads (`Order.customer`), for the N+1 fix.
 
-SQLAlchemy's `do_orm_execute` event says, before a statement runs, whether it is a lazy load and
-of which relationship. The listener leaves that in a context variable; the DB span started by the
-same execution (same thread or task, a few frames later) takes it in the span processor's
-`on_start`. Every ORM execution overwrites it, so a stale value never sticks to another query.
+SQLAlchemy's `do_orm_execute` event says, before a statement runs, whether it is a lazy load, of
+which relationship and in which direction. The listener leaves that in a context variable; the DB
+span started by the same execution (same thread, task or greenlet: async sessions share the
+caller's context, and async engines get two spans per statement from the instrumentation, of which
+only the second is ended) takes it in the span processor's `on_start`. It is cleared when the
+statement has run (`after_cursor_execute`, `handle_error`) and overwritten by every ORM
+execution, so a stale value never sticks to another query.
+
+The listeners run inside every execution of the app (selects, text(), DML, bulk, sync and async):
+load options are read only for SELECTs (SQLAlchemy raises for the rest) and every listener is
+guarded. They are installed only by an active analysis processor.
 """
 
 from __future__ import annotations
@@ -14,22 +21,43 @@ import threading
 from typing import Any
 
 from otel_perf.processors import semconv
+from otel_perf.processors.failsafe import guarded
 
-_pending: contextvars.ContextVar[str | None] = contextvars.ContextVar("otel_perf_lazy_load", default=None)
+# (relationship, direction), e.g. ("Order.customer", "many_to_one")
+_pending: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
+    "otel_perf_lazy_load", default=None
+)
 _registered = False
 _lock = threading.Lock()
 
 
+def lazy_loaded_relationship(state: Any) -> tuple[str, str] | None:
+    """(`Order.customer`, `many_to_one`) when this ORM execution is a lazy load, else None (never
+    raises for non-SELECT executions: `load_options` and `lazy_loaded_from` raise there)."""
+    if not state.is_select:
+        return None
+    if state.lazy_loaded_from is None or not state.loader_strategy_path:
+        return None
+    relationship = state.loader_strategy_path[-1]
+    direction = getattr(getattr(relationship, "direction", None), "name", "")
+    return str(relationship), direction.lower().replace("to", "_to_")
+
+
+@guarded("sqlalchemy do_orm_execute", None)
 def _on_orm_execute(state: Any) -> None:
-    relationship = None
-    if state.lazy_loaded_from is not None and state.loader_strategy_path:
-        relationship = str(state.loader_strategy_path[-1])
-    _pending.set(relationship)
+    _pending.set(None)  # first: a failure below must not leave a stale relationship behind
+    _pending.set(lazy_loaded_relationship(state))
+
+
+@guarded("sqlalchemy after_cursor_execute", None)
+def _on_statement_done(*_: Any) -> None:
+    if _pending.get() is not None:
+        _pending.set(None)
 
 
 def watch_lazy_loads() -> bool:
-    """Listen to SQLAlchemy sessions, once per process, if the app uses SQLAlchemy (already imported,
-    as the SQLAlchemy instrumentation does at startup). True when listening."""
+    """Listen to SQLAlchemy sessions and engines, once per process, if the app uses SQLAlchemy
+    (already imported, as the SQLAlchemy instrumentation does at startup). True when listening."""
     global _registered
     with _lock:
         if _registered:
@@ -38,17 +66,22 @@ def watch_lazy_loads() -> bool:
             return False
         try:
             from sqlalchemy import event
+            from sqlalchemy.engine import Engine
             from sqlalchemy.orm import Session
         except ImportError:
             return False
         event.listen(Session, "do_orm_execute", _on_orm_execute)
+        event.listen(Engine, "after_cursor_execute", _on_statement_done)
+        event.listen(Engine, "handle_error", _on_statement_done)
         _registered = True
         return True
 
 
 def annotate(span: Any) -> None:
     """On a starting client span: the relationship this execution lazy-loads, if any."""
-    relationship = _pending.get()
-    if relationship is not None:
-        _pending.set(None)
+    pending = _pending.get()
+    if pending is not None:
+        relationship, direction = pending
         span.set_attribute(semconv.PERF_ORM_LAZY_LOAD, relationship)
+        if direction:
+            span.set_attribute(semconv.PERF_ORM_LAZY_LOAD_DIRECTION, direction)

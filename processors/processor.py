@@ -19,11 +19,12 @@ import os
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -33,10 +34,13 @@ from otel_perf.processors import orm, semconv
 from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors, worth_analysing
 from otel_perf.processors.budget import AnalysisBudget
 from otel_perf.processors.code_location import CodeLocator
+from otel_perf.processors.failsafe import record_failure
 from otel_perf.processors.sources import node_from_readable, plain_attributes, shape_of_readable
 from otel_perf.processors.tree import TraceTree
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from opentelemetry.context import Context
 
     from otel_perf.alerting.router import AlertRouter
@@ -45,6 +49,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("otel_perf.processor")
 _CLIENT = SpanKind.CLIENT
+_MAX_SKIPPED_REMEMBERED = 4096
 
 Mode = Literal["in_process", "collector", "both"]
 
@@ -80,6 +85,14 @@ class ProcessorSettings(Section):
         description="Share of one CPU core in-process analysis may use; traces beyond it are exported "
         "unanalysed (counted), every endpoint still analysed at least every 10 s. 1 analyses every trace.",
     )
+    export_wait_s: float = Field(
+        5,
+        ge=0,
+        description="Held spans are handed to the exporter's queue (BatchSpanProcessor) no faster than it "
+        "drains; the longest the worker waits for room, per trace. After it, and until the queue drains, "
+        "spans go on unpaced and the exporter drops what its queue can't take, as without otel-perf. "
+        "0: never wait.",
+    )
 
     @property
     def analyses_in_process(self) -> bool:
@@ -97,6 +110,7 @@ class ProcessorStats:
     traces_skipped: int = 0  # not analysed: over the CPU share or max_traces
     traces_timed_out: int = 0
     analysis_errors: int = 0
+    export_waits_timed_out: int = 0  # the exporter's queue stayed full for export_wait_s
 
 
 @dataclass
@@ -137,8 +151,9 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self._downstream: tuple[SpanProcessor, ...] = (export_processor,) if export_processor else ()
         self._locator = CodeLocator() if self._config.capture_code_location else None
         self._budget = AnalysisBudget(self._config.analysis_cpu_share)
-        # Now if the app already imported SQLAlchemy; the launcher's post-instrument hook otherwise.
-        orm.watch_lazy_loads()
+        if self._active:
+            # Now if the app already imported SQLAlchemy; the launcher's post-instrument hook otherwise.
+            orm.watch_lazy_loads()
         self.stats = ProcessorStats()
         self._init_state()
         if hasattr(os, "register_at_fork"):
@@ -154,8 +169,19 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self._buffered = 0
         self._releasing = 0  # traces taken by the worker and not yet exported
         self._next_timeout_scan = 0.0
+        # Traces not analysed (CPU share, max_traces): a later local root of the same trace (the app
+        # calling itself) must not start a fragment of it, which would be analysed without its entry.
+        self._skipped: OrderedDict[int, None] = OrderedDict()
         self._worker: threading.Thread | None = None
         self._stopping = False
+        # The downstream processors, each with its export queue where one can be read (see _export_targets).
+        self._targets: tuple[tuple[SpanProcessor, ...], tuple[tuple[SpanProcessor, _ExportQueue | None], ...]]
+        self._targets = ((), ())
+
+    @property
+    def active(self) -> bool:
+        """Whether this processor analyses traces (enabled, and in-process analysis is on)."""
+        return self._active
 
     def add_export_processor(self, processor: SpanProcessor) -> None:
         """Spans leave through `processor` after analysis (the configurator wires exporters here)."""
@@ -176,12 +202,15 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                     pending = self._traces.get(trace_id)
                     if pending is not None:
                         started = time.perf_counter()
-                        if self._locator is not None:
-                            self._locator.annotate(span)
                         orm.annotate(span)
+                        if self._locator is not None:
+                            try:
+                                self._locator.annotate(span)
+                            except Exception:
+                                record_failure("call-site capture")
                         pending.request_path_s += time.perf_counter() - started
             except Exception:  # never into application code
-                logger.debug("otel-perf: on_start failed", exc_info=True)
+                record_failure("span start")
         for downstream in self._downstream:
             downstream.on_start(span, parent_context)
 
@@ -190,8 +219,14 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         with self._lock:
             pending = self._traces.get(trace_id)
             if pending is None:
+                skipped = self._skipped
+                if trace_id in skipped:
+                    return
                 if len(self._traces) >= self._config.max_traces or not self._budget.allow(operation):
                     self.stats.traces_skipped += 1
+                    skipped[trace_id] = None
+                    if len(skipped) > _MAX_SKIPPED_REMEMBERED:
+                        skipped.popitem(last=False)
                     return
                 pending = self._traces[trace_id] = _PendingTrace(time.monotonic_ns(), operation)
             pending.open_roots += 1
@@ -203,7 +238,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                 if self._buffer(span):
                     return
             except Exception:  # never into application code
-                logger.debug("otel-perf: on_end failed", exc_info=True)
+                record_failure("span end")
         self._forward((span,))
 
     def _buffer(self, span: ReadableSpan) -> bool:
@@ -237,12 +272,72 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             return held
 
     def _forward(self, spans: tuple[ReadableSpan, ...] | list[ReadableSpan]) -> None:
+        """Straight on, as plain OpenTelemetry would (the request path: never waits)."""
         for downstream in self._downstream:
             for span in spans:
                 try:
                     downstream.on_end(span)
                 except Exception:
                     logger.debug("otel-perf: export processor failed", exc_info=True)
+
+    # --- the hand-over: off the request path, no faster than the exporter takes spans ------------
+
+    def _export_targets(self) -> tuple[tuple[SpanProcessor, _ExportQueue | None], ...]:
+        downstream = self._downstream
+        targets = self._targets
+        if targets[0] is not downstream:  # built once per set of export processors
+            queues = tuple((each, _ExportQueue.of(each)) for each in downstream)
+            targets = self._targets = (downstream, queues)
+        return targets[1]
+
+    def _hand_over(self, spans: list[ReadableSpan], deadline: float | None = None) -> None:
+        """Hand a released trace's spans to each export processor, waiting for room in its queue.
+
+        A trace's spans arrive all at once, where plain OpenTelemetry would have queued them one by
+        one while the exporter drained; handed over at once, they overflow the BatchSpanProcessor's
+        queue (which drops). So: as many as the queue has room for, then wait for its worker to drain
+        some, for at most `export_wait_s` (or until `deadline`, if sooner). Processors without a
+        queue we can read get every span at once, as before.
+        """
+        wait_s = self._config.export_wait_s
+        now = time.monotonic()
+        deadline = now + wait_s if deadline is None else min(deadline, now + wait_s)
+        for downstream, queue in self._export_targets():
+            if queue is None or wait_s <= 0:
+                _emit(downstream, spans, 0, len(spans))
+            else:
+                self._pace(downstream, queue, spans, deadline)
+
+    def _pace(
+        self, downstream: SpanProcessor, queue: _ExportQueue, spans: list[ReadableSpan], deadline: float
+    ) -> None:
+        sent, total, pause = 0, len(spans), _FIRST_PAUSE_S
+        while sent < total:
+            room = queue.room()
+            if room is None:  # not ours to pace (shut down, forked, stalled): as plain OpenTelemetry
+                break
+            if room > 0:
+                end = min(total, sent + room)
+                _emit(downstream, spans, sent, end)
+                sent, pause = end, _FIRST_PAUSE_S
+                continue
+            queue.wake()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # The exporter isn't draining (collector down, exporter retrying): stop waiting on it
+                # until its queue drains, so analysis goes on; it drops what it can't take.
+                queue.stalled = True
+                self.stats.export_waits_timed_out += 1
+                log = logger.warning if self.stats.export_waits_timed_out == 1 else logger.debug
+                log(
+                    "otel-perf: the exporter's queue stayed full; handing spans on without waiting until "
+                    "it drains (it drops what it cannot take, as it would without otel-perf)"
+                )
+                break
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, _MAX_PAUSE_S)
+        if sent < total:
+            _emit(downstream, spans, sent, total)
 
     # --- the worker: analysis off the request path -----------------------------------------------
 
@@ -264,11 +359,11 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             if stopping and not batch:
                 return
 
-    def _release_all(self, batch: list[tuple[int, _PendingTrace]]) -> None:
+    def _release_all(self, batch: list[tuple[int, _PendingTrace]], deadline: float | None = None) -> None:
         """Release traces taken by `_take_due` (which counted them in `_releasing`)."""
         try:
             for trace_id, pending in batch:
-                self._release(trace_id, pending)
+                self._release(trace_id, pending, deadline)
         finally:
             with self._wake:
                 self._releasing -= len(batch)
@@ -305,7 +400,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self._releasing += len(due)
         return due
 
-    def _release(self, trace_id: int, pending: _PendingTrace) -> None:
+    def _release(self, trace_id: int, pending: _PendingTrace, deadline: float | None = None) -> None:
         """Analyse one trace, export its spans (annotated where flagged), route its findings."""
         spans = pending.spans
         findings = []
@@ -326,9 +421,9 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         except Exception:
             self.stats.analysis_errors += 1
             logger.exception("otel-perf: analysis of trace %032x failed; exporting it unannotated", trace_id)
-        self._forward(spans)
+        self._hand_over(spans, deadline)
         # Charged: analysis, export hand-off and call-site capture (conservative: the hand-off is
-        # work the SDK would do anyway, on the request thread).
+        # work the SDK would do anyway, on the request thread). Waiting for the exporter is not.
         cost = time.thread_time() - started + pending.request_path_s
         with self._lock:
             self._budget.charge(pending.operation, cost)
@@ -341,7 +436,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         """Release everything held, and wait for what the worker is releasing; False on timeout."""
         with self._lock:
             batch = self._take_due(everything=True)
-        self._release_all(batch)
+        self._release_all(batch, deadline)
         with self._wake:
             while self._releasing > 0:
                 remaining = deadline - time.monotonic()
@@ -388,3 +483,96 @@ def _annotate(span: ReadableSpan, mark: tuple[str, str, list[str]]) -> None:
     attributes[semconv.PERF_FINGERPRINT] = fingerprint
     if len(issues) > 1:
         attributes["perf.issues"] = tuple(issues)
+
+
+def _emit(downstream: SpanProcessor, spans: Sequence[ReadableSpan], start: int, end: int) -> None:
+    on_end = downstream.on_end
+    for index in range(start, end):
+        try:
+            on_end(spans[index])
+        except Exception:
+            logger.debug("otel-perf: export processor failed", exc_info=True)
+
+
+_FIRST_PAUSE_S = 0.001  # waiting for room: the exporter's worker frees a batch's worth per export
+_MAX_PAUSE_S = 0.02
+# Attribute names (queue, capacity, batch size, closed flag, worker thread) of the queue's owner.
+_BATCH_PROCESSOR = ("_queue", "_max_queue_size", "_max_export_batch_size", "_shutdown", "_worker_thread")
+_OLD_BSP = ("queue", "max_queue_size", "max_export_batch_size", "done", "worker_thread")
+
+
+class _ExportQueue:
+    """The bounded queue of an SDK `BatchSpanProcessor`, read from outside to pace the hand-over.
+
+    SDK internals, read defensively. SDK >= 1.34: `bsp._batch_processor` (the shared
+    `BatchProcessor`) has `_queue` (a deque with maxlen), `_max_queue_size`, `_max_export_batch_size`,
+    `_worker_awaken` (an Event), `_shutdown`, `_worker_thread`, `_pid`. SDK 1.30-1.33: the BSP itself
+    has `queue`, `max_queue_size`, `max_export_batch_size`, `condition`, `done`, `worker_thread`,
+    `_pid`. Anything else (other processors, subclasses with other internals): `of` returns None and
+    spans are handed over at once, as without pacing.
+    """
+
+    __slots__ = ("_closed", "_owner", "_queue", "_thread", "batch_size", "capacity", "fill_to", "stalled")
+
+    def __init__(
+        self, owner: object, queue: str, capacity: str, batch_size: str, closed: str, thread: str
+    ) -> None:
+        self._owner = owner
+        self._queue, self._closed, self._thread = queue, closed, thread
+        self.capacity: int = getattr(owner, capacity)
+        self.batch_size: int = getattr(owner, batch_size)
+        # Filled to at most 3/4 (never below one export batch, which wakes the worker): room is left
+        # for spans the request threads hand over meanwhile (traces not held).
+        self.fill_to = self.capacity - min(self.capacity // 4, self.capacity - self.batch_size)
+        self.stalled = False
+
+    @classmethod
+    def of(cls, processor: SpanProcessor) -> _ExportQueue | None:
+        try:
+            if not isinstance(processor, BatchSpanProcessor):
+                return None
+            inner = getattr(processor, "_batch_processor", None)
+            view = cls(inner, *_BATCH_PROCESSOR) if inner is not None else cls(processor, *_OLD_BSP)
+            queue = getattr(view._owner, view._queue)
+            if not (
+                isinstance(queue, deque)
+                and isinstance(view.capacity, int)
+                and isinstance(view.batch_size, int)
+                and queue.maxlen == view.capacity
+                and 0 < view.batch_size <= view.capacity
+            ):
+                return None
+            return view
+        except Exception:  # internals we don't know: no pacing
+            return None
+
+    def room(self) -> int | None:
+        """Spans the queue takes now; None when pacing can't help (its worker gone, shut down, this
+        a forked child it hasn't reset in yet, or stalled: full and not draining)."""
+        owner = self._owner
+        thread = getattr(owner, self._thread, None)
+        if (
+            getattr(owner, self._closed, True)
+            or getattr(owner, "_pid", None) not in (None, os.getpid())
+            or thread is None
+            or not thread.is_alive()
+        ):
+            return None
+        length = len(getattr(owner, self._queue))
+        if self.stalled:
+            if length >= self.batch_size:
+                return None
+            self.stalled = False  # it drained: pace again
+        return max(0, self.fill_to - length)
+
+    def wake(self) -> None:
+        """Wake the exporter's worker (as the BSP does itself once a batch is queued)."""
+        owner = self._owner
+        event = getattr(owner, "_worker_awaken", None)
+        if event is not None:
+            event.set()
+            return
+        condition = getattr(owner, "condition", None)
+        if condition is not None:
+            with condition:
+                condition.notify()

@@ -29,6 +29,7 @@ CODE_FUNCTION = ("code.function.name", "code.function")
 PERF_ISSUE = "perf.issue"
 PERF_FINGERPRINT = "perf.issue.fingerprint"
 PERF_ORM_LAZY_LOAD = "perf.orm.lazy_load"
+PERF_ORM_LAZY_LOAD_DIRECTION = "perf.orm.lazy_load.direction"  # many_to_one, one_to_many, many_to_many
 ALERT_SPAN_NAME = "perf.alert"
 
 # key → (SpanNode field, rank): one pass over a span's attributes fills every field, the
@@ -47,6 +48,7 @@ NODE_FIELDS: dict[str, tuple[str, int]] = {
         ("code_line", CODE_LINE),
         ("code_function", CODE_FUNCTION),
         ("orm_lazy_load", (PERF_ORM_LAZY_LOAD,)),
+        ("orm_direction", (PERF_ORM_LAZY_LOAD_DIRECTION,)),
         ("perf_fingerprint", (PERF_FINGERPRINT,)),
     )
     for rank, key in enumerate(keys)
@@ -66,7 +68,7 @@ INTERESTING_KEYS = frozenset(
     + CODE_FILE
     + CODE_LINE
     + CODE_FUNCTION
-    + (PERF_ISSUE, PERF_FINGERPRINT, PERF_ORM_LAZY_LOAD)
+    + (PERF_ISSUE, PERF_FINGERPRINT, PERF_ORM_LAZY_LOAD, PERF_ORM_LAZY_LOAD_DIRECTION)
 )
 
 

@@ -96,6 +96,7 @@ def node_from_readable(span: Any) -> SpanNode:
         resource_attributes.get("service.name", "unknown_service"),
         is_error=span.status.status_code.value == _STATUS_ERROR,
         service_version=resource_attributes.get("service.version"),
+        scope=span.instrumentation_scope.name if span.instrumentation_scope is not None else "",
         filler=_fill_readable,
     )
     node.source = span
@@ -144,7 +145,8 @@ def _resource_identity(attributes: Iterable[Any]) -> tuple[str, str | None]:
     return service, version
 
 
-ProtoSpan = tuple[Any, str, "str | None"]  # (span message, service.name, service.version)
+# (span message, service.name, service.version, instrumentation scope name)
+ProtoSpan = tuple[Any, str, "str | None", str]
 
 
 def spans_from_proto(request: Any) -> dict[int, list[ProtoSpan]]:
@@ -154,6 +156,7 @@ def spans_from_proto(request: Any) -> dict[int, list[ProtoSpan]]:
     for resource_spans in request.resource_spans:
         service, version = _resource_identity(resource_spans.resource.attributes)
         for scope_spans in resource_spans.scope_spans:
+            scope = scope_spans.scope.name
             for span in scope_spans.spans:
                 trace_id, span_id, parent_id = span.trace_id, span.span_id, span.parent_span_id
                 if len(trace_id) != 16 or len(span_id) != 8 or (parent_id and len(parent_id) != 8):
@@ -164,7 +167,7 @@ def spans_from_proto(request: Any) -> dict[int, list[ProtoSpan]]:
                 spans = traces.get(trace_id)
                 if spans is None:
                     spans = traces[trace_id] = []
-                spans.append((span, service, version))
+                spans.append((span, service, version, scope))
     return {int.from_bytes(trace_id, "big"): spans for trace_id, spans in traces.items()}
 
 
@@ -174,7 +177,7 @@ def _fill_proto(node: SpanNode) -> None:
         fill_from_attributes(node, attributes)
 
 
-def node_from_proto(span: Any, service: str, version: str | None) -> SpanNode:
+def node_from_proto(span: Any, service: str, version: str | None, scope: str = "") -> SpanNode:
     """A node from an OTLP protobuf span; attributes are read when first needed."""
     parent_id = span.parent_span_id
     node = SpanNode(
@@ -187,6 +190,7 @@ def node_from_proto(span: Any, service: str, version: str | None) -> SpanNode:
         service,
         is_error=span.status.code == _STATUS_ERROR,
         service_version=version,
+        scope=scope,
         filler=_fill_proto,
     )
     node.source = span
@@ -196,8 +200,8 @@ def node_from_proto(span: Any, service: str, version: str | None) -> SpanNode:
 def nodes_from_proto(request: Any) -> Iterator[tuple[int, SpanNode]]:
     """(trace_id, node) for every span of an `ExportTraceServiceRequest` (or `TracesData`)."""
     for trace_id, spans in spans_from_proto(request).items():
-        for span, service, version in spans:
-            yield trace_id, node_from_proto(span, service, version)
+        for span, service, version, scope in spans:
+            yield trace_id, node_from_proto(span, service, version, scope)
 
 
 def shape_of_proto(spans: Iterable[ProtoSpan]) -> TraceShape:
@@ -205,7 +209,7 @@ def shape_of_proto(spans: Iterable[ProtoSpan]) -> TraceShape:
     siblings: dict[bytes, int] = {}
     longest = 0
     count = 0
-    for span, _, _ in spans:
+    for span, *_ in spans:
         count += 1
         if span.kind == KIND_CLIENT:
             parent = span.parent_span_id
@@ -286,6 +290,7 @@ def nodes_from_json(document: Mapping[str, Any]) -> Iterator[tuple[int, SpanNode
         service = str(resource.get("service.name") or "unknown_service")
         version = resource.get("service.version")
         for scope_spans in resource_spans.get("scopeSpans", []):
+            scope = str((scope_spans.get("scope") or {}).get("name", ""))
             for span in scope_spans.get("spans", []):
                 trace_id = _hex_id(span.get("traceId"), 32, "traceId")
                 span_id = _hex_id(span.get("spanId"), 16, "spanId")
@@ -304,6 +309,7 @@ def nodes_from_json(document: Mapping[str, Any]) -> Iterator[tuple[int, SpanNode
                     is_error=_json_status_code(span.get("status")) == _STATUS_ERROR,
                     attributes=attributes,
                     service_version=str(version) if version is not None else None,
+                    scope=scope,
                 )
                 fill_from_attributes(node, attributes)
                 node.source = span

@@ -33,6 +33,7 @@ _LAZY_FIELDS = frozenset(
         "code_file",
         "code_line",
         "code_function",
+        "orm_direction",
         "orm_lazy_load",
         "perf_fingerprint",
     )
@@ -70,10 +71,12 @@ class SpanNode:
         "is_error",
         "kind",
         "name",
+        "orm_direction",
         "orm_lazy_load",
         "parent",
         "parent_id",
         "perf_fingerprint",
+        "scope",
         "server_address",
         "service",
         "service_version",
@@ -96,6 +99,7 @@ class SpanNode:
         is_error: bool = False,
         attributes: Mapping[str, Any] | None = None,
         service_version: str | None = None,
+        scope: str = "",
         filler: Callable[[SpanNode], None] | None = None,
     ) -> None:
         self.span_id = span_id
@@ -106,6 +110,7 @@ class SpanNode:
         self.end_ns = max(end_ns, start_ns)
         self.service = service
         self.service_version = service_version
+        self.scope = scope  # the instrumentation that made the span
         self.is_error = is_error
         self.source: Any = None  # the span this node was built from, for re-export
         self.parent: SpanNode | None = None
@@ -130,6 +135,7 @@ class SpanNode:
         self.code_line: int | None = None
         self.code_function: str | None = None
         self.orm_lazy_load: str | None = None
+        self.orm_direction: str | None = None
         self.perf_fingerprint: str | None = None
 
     def __getattr__(self, name: str) -> Any:
@@ -175,7 +181,7 @@ class SpanNode:
 class TraceTree:
     """The spans of one trace (or of one process's part of it), linked parent to children."""
 
-    __slots__ = ("_end_ns", "_entries", "nodes", "roots", "trace_id")
+    __slots__ = ("_end_ns", "_entries", "nodes", "placeholders", "roots", "trace_id")
 
     def __init__(self, trace_id: int, spans: Iterable[SpanNode]) -> None:
         self.trace_id = trace_id
@@ -186,6 +192,7 @@ class TraceTree:
                 node.parent = None
                 by_id[node.span_id] = node
         self.nodes: dict[int, SpanNode] = by_id
+        self.placeholders: set[int] = set()  # ids of nodes standing in for missing parents
         roots: list[SpanNode] = []
         for node in by_id.values():
             parent = by_id.get(node.parent_id) if node.parent_id is not None else None
@@ -244,6 +251,7 @@ class TraceTree:
                 child.parent = placeholder
                 adopted.add(id(child))
             self.nodes[parent_id] = placeholder
+            self.placeholders.add(parent_id)
             roots.append(placeholder)
         return [node for node in roots if id(node) not in adopted] if adopted else roots
 
@@ -304,6 +312,17 @@ class TraceTree:
                     entries[each.span_id] = entries[parent.span_id]
             self._entries = entries
         return self._entries[node.span_id]
+
+    def is_genuine_entry(self, entry: SpanNode) -> bool:
+        """Whether an entry span (see `entry_span`) is one the trace really has: its true root, or a
+        server/consumer span. Not a placeholder for a missing parent, nor a client or internal span
+        whose parent is missing (a fragment of a trace, e.g. analysed without the request that
+        made it): an alert filed under either would name an operation that does not exist."""
+        if entry.span_id in self.placeholders:
+            return False
+        if entry.parent_id is None or entry.parent is not None:
+            return True
+        return entry.kind in (KIND_SERVER, KIND_CONSUMER)
 
     def end_ns(self) -> int:
         """When the trace ended (the latest span end); computed once."""

@@ -20,8 +20,12 @@ def test_webhook_receives_slack_compatible_json(launch, recorder) -> None:
     app.wait_for_alerts(_orders_alert)
     from tests.support.apps import wait_until
 
-    wait_until(lambda: recorder.requests, what="the webhook POST")
-    (request,) = recorder.requests
+    def orders_posts() -> list[dict]:
+        return [each for each in recorder.requests if each["json"]["operation"] == "GET /orders"]
+
+    # (On a loaded machine a slow start-up query may be alerted too: only the /orders alert matters.)
+    wait_until(orders_posts, what="the webhook POST")
+    (request,) = orders_posts()
     payload = request["json"]
     assert request["path"] == "/hooks/alerts"
     assert request["headers"]["Content-Type"] == "application/json"
@@ -96,3 +100,31 @@ def test_unwritable_alerts_file_is_reported_and_the_app_runs(launch, tmp_path) -
 
     wait_until(lambda: "otel-perf LOW N+1 queries: 25×" in app.log(), what="the console sink line")
     assert "OTEL_PERF_ALERTS_FILE=" in app.log() and "file sink off" in app.log()
+
+
+def test_the_webhook_url_never_leaves_in_exported_spans_or_logs(launch, recorder) -> None:
+    """The webhook URL carries its token (Slack, Teams): the sink's own POST must not be traced by the
+    app's HTTP-client instrumentation (it would be exported as url.full) nor logged."""
+    secret = "xoxbTOKEN4d9Qz7SecretPart"
+    hook = f"{recorder.url}/{secret}"
+    app = launch(
+        "instrument",
+        env={"OTEL_PERF_ALERTS_WEBHOOK_URL": hook},
+        export={
+            "OTEL_TRACES_EXPORTER": "console",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "console",
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+            "OTEL_BLRP_SCHEDULE_DELAY": "100",
+        },
+    )
+    app.get("/orders")
+    app.get("/stock/sequential")  # the app's own httpx calls are traced and exported
+    from tests.support.apps import wait_until
+
+    wait_until(lambda: recorder.requests, what="the webhook POST")
+    assert recorder.requests[0]["path"].endswith(secret)
+    wait_until(lambda: '"name": "perf.alert"' in app.log(), what="the alert span exported")
+    wait_until(lambda: "/inventory/" in app.log(), what="the app's own HTTP client spans exported")
+    app.stop()
+    assert secret not in app.log()

@@ -92,7 +92,10 @@ def test_shop_findings_in_both_launch_modes(launch, mode: str) -> None:
     assert_no_literals(app.alerts_file.read_text())
     # Two rounds of traffic, one alert per finding: the repeat is inside the cooldown.
     fingerprints = [alert["fingerprint"] for alert in alerts]
-    assert len(fingerprints) == len(set(fingerprints)) == 4
+    assert len(fingerprints) == len(set(fingerprints))
+    # (On a loaded machine the whole revenue request may pass 500 ms too: a fifth, genuine finding.)
+    request_level = [alert for alert in alerts if alert["details"].get("span_kind") == "server"]
+    assert len(fingerprints) - len(request_level) == 4
 
 
 def test_shop_on_postgresql(launch, postgres) -> None:
@@ -253,3 +256,26 @@ def test_shop_traffic_list_covers_every_route() -> None:
         path if not path.startswith("/customers/") else "/customers/{customer_id}" for path in SHOP_TRAFFIC
     }
     assert routes - {"/inventory/{sku}"} == requested
+
+
+SHOP_ROUTES = {f"GET {path}" for path in ("/orders", "/reports/order-lines", "/reports/revenue")} | {
+    "GET /stock/sequential",
+    "GET /stock/parallel",
+    "GET /inventory/{sku}",
+}
+
+
+def test_an_app_calling_itself_gets_no_alert_for_a_fragment_of_a_trace(launch) -> None:
+    """The shop calls its own /inventory/{sku}. With the CPU share nearly spent, most requests are
+    skipped; a skipped request's inner calls must not be analysed as a trace of their own, filed
+    under a missing parent or a client span."""
+    app = launch(
+        "instrument", env={"OTEL_PERF_ANALYSIS_CPU_SHARE": "0.0005", "OTEL_PERF_ALERTS_COOLDOWN_S": "0"}
+    )
+    for _ in range(12):
+        app.get("/stock/sequential")
+        app.get("/stock/parallel")
+    app.wait_for_alerts(lambda alerts: any(alert["operation"] == "GET /stock/sequential" for alert in alerts))
+    alerts = app.settle(1.5)
+    operations = {alert["operation"] for alert in alerts}
+    assert operations <= SHOP_ROUTES, operations

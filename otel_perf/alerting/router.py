@@ -3,7 +3,9 @@
 Decisions (synchronous, cheap): a minimum severity; fingerprint dedup with a cooldown (a repeat
 inside the cooldown is counted, not sent, unless it is more severe than what was sent: escalation
 goes through); a per-type hourly limit. Time is the findings' own (span timestamps), so
-`otel-perf analyze` of last week's traces routes exactly as live traffic did.
+`otel-perf analyze` of last week's traces routes exactly as live traffic did. Live hosts bound that
+time by the receive time (± `max_clock_skew_s`): a sender with a wrong clock, or anyone who can
+reach the port, can't date findings in 2100 and so fill the hourly budget or a cooldown forever.
 
 Delivery (a worker thread, bounded queue): each sink is called in turn; a sink that raises or
 times out is counted and logged, and never affects the others or the caller.
@@ -19,7 +21,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +54,12 @@ class RouterSettings(Section):
         60, ge=1, description="Alerts per type per hour; the rest are counted, not sent."
     )
     queue_size: int = Field(1000, ge=1, description="Alerts waiting for delivery; overflow is counted.")
+    max_clock_skew_s: float = Field(
+        300,
+        ge=0,
+        description="Span time further than this from the receive time is routed at the receive time "
+        "(cooldowns and rate limits can't be moved by a wrong clock).",
+    )
 
     @field_validator("min_severity", mode="before")
     @classmethod
@@ -91,8 +99,19 @@ class _Seen:
 
 
 class AlertRouter:
-    def __init__(self, settings: RouterSettings | None = None, sinks: Sequence[Sink] = ()) -> None:
+    def __init__(
+        self,
+        settings: RouterSettings | None = None,
+        sinks: Sequence[Sink] = (),
+        *,
+        replay: bool = False,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        """`replay`: route by span time alone (offline analysis of exported files: there is no
+        receive time); otherwise span time is bounded by the receive time, read from `clock`."""
         self.settings = settings or RouterSettings()
+        self._replay = replay
+        self._clock = clock
         self.sinks = list(sinks)
         self.stats = RouterStats()
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
@@ -125,7 +144,7 @@ class AlertRouter:
             if finding.severity < config.min_severity:
                 self.stats.suppressed_severity += 1
                 return None
-            now = finding.time_ns or time.time_ns()
+            now = self._routing_time(finding.time_ns)
             seen = self._seen.get(finding.fingerprint)
             if seen is not None:
                 in_cooldown = now - seen.last_sent_ns < config.cooldown_s * 1e9
@@ -150,9 +169,20 @@ class AlertRouter:
                 self._seen.popitem(last=False)
             return Alert(finding, occurrences)
 
+    def _routing_time(self, span_time_ns: int) -> int:
+        """The time a decision is made at: span time, bounded by the receive time unless replaying."""
+        if self._replay and span_time_ns:
+            return span_time_ns
+        received = self._clock()
+        if not span_time_ns:
+            return received
+        skew = int(self.settings.max_clock_skew_s * 1e9)
+        return min(max(span_time_ns, received - skew), received + skew)
+
     def remember(self, fingerprint: str, time_ns: int, severity: Severity) -> None:
         """Another host alerted this finding (seen as its alert span in passing): treat it as sent,
         so the cooldown covers both hosts."""
+        time_ns = self._routing_time(time_ns)
         with self._decide_lock:
             seen = self._seen.get(fingerprint)
             if seen is None or seen.last_sent_ns < time_ns:

@@ -10,11 +10,14 @@ import json
 import logging
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
-import httpx
-from pydantic import Field, SecretStr
+from opentelemetry.instrumentation.utils import suppress_instrumentation
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.config import Section
@@ -42,6 +45,19 @@ class SinkSettings(Section):
     webhook_timeout_s: float = Field(5, gt=0, description="Per attempt; 3 attempts with backoff.")
     console: bool = Field(False, description="Print alerts to stderr.")
     otlp: bool = Field(True, description="Send alerts over OTLP: a perf.alert span and a log record.")
+
+    @field_validator("webhook_url", mode="before")
+    @classmethod
+    def _webhook_url(cls, value: Any) -> Any:
+        """Empty means unset; only http(s) (urllib would also open file: and ftp: URLs)."""
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(text, str):
+            if not text.strip():
+                return None
+            if urlsplit(text.strip()).scheme.lower() not in ("http", "https"):
+                raise ValueError("must be an http:// or https:// URL")
+            return text.strip()
+        return value
 
 
 class Sink(Protocol):
@@ -110,39 +126,56 @@ class FileSink:
 
 
 class WebhookSink:
-    """POST JSON: the alert's fields plus `text` (what Slack incoming webhooks display)."""
+    """POST JSON: the alert's fields plus `text` (what Slack incoming webhooks display).
+
+    The URL usually embeds a secret token, so it is never logged, and the POST runs with
+    OpenTelemetry instrumentation suppressed: otherwise the app's own HTTP-client instrumentation
+    would export it as `url.full` to the collector and Jaeger. The standard library's client is
+    used because it logs nothing (httpx logs every request URL at INFO)."""
 
     name = "webhook"
     attempts = 3
 
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
         self._url = url  # never logged: it usually embeds a secret token
-        self._client = httpx.Client(timeout=timeout_s)
+        self._timeout_s = timeout_s
 
     def send(self, alert: Alert) -> None:
-        payload = {"text": slack_text(alert), **alert.to_json()}
+        body = json.dumps({"text": slack_text(alert), **alert.to_json()}, default=str).encode()
         delay = 0.5
+        problem = ""
         for attempt in range(1, self.attempts + 1):
-            try:
-                response = self._client.post(self._url, json=payload)
-                if response.status_code < 500 and response.status_code != 429:
-                    response.raise_for_status()
-                    return
-                problem = f"HTTP {response.status_code}"
-            except httpx.HTTPStatusError as error:
-                raise WebhookError(f"webhook rejected the alert: HTTP {error.response.status_code}") from None
-            except httpx.HTTPError as error:
-                problem = type(error).__name__
+            status, problem = self._post(body)
+            if status is not None and status < 300:
+                return
+            if status is not None and 400 <= status < 500 and status != 429:
+                raise WebhookError(f"webhook rejected the alert: HTTP {status}")
             if attempt < self.attempts:
                 time.sleep(delay)
                 delay *= 2
         raise WebhookError(f"webhook unreachable after {self.attempts} attempts: {problem}")
 
+    def _post(self, body: bytes) -> tuple[int | None, str]:
+        """(response status, problem): the status is None when no response came."""
+        request = urllib.request.Request(
+            self._url, data=body, method="POST", headers={"Content-Type": "application/json"}
+        )
+        with suppress_instrumentation():
+            try:
+                with urllib.request.urlopen(request, timeout=self._timeout_s) as reply:
+                    reply.read()
+                    return reply.status, f"HTTP {reply.status}"
+            except urllib.error.HTTPError as error:
+                error.close()
+                return error.code, f"HTTP {error.code}"
+            except (OSError, ValueError) as error:  # URLError, timeouts, refused, a malformed URL
+                return None, type(getattr(error, "reason", error)).__name__
+
     def flush(self) -> None:
         pass
 
     def close(self) -> None:
-        self._client.close()
+        pass
 
 
 class WebhookError(RuntimeError):

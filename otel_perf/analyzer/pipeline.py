@@ -209,7 +209,7 @@ class AnalysisPipeline:
         router's cooldown then also covers this analyzer (e.g. for traces the app did not analyse)."""
         if not self._skip_marked:
             return
-        for span, _, _ in spans:
+        for span, *_ in spans:
             if span.name != semconv.ALERT_SPAN_NAME:
                 continue
             for event in span.events:

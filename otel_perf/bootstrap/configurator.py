@@ -22,6 +22,7 @@ from otel_perf.bootstrap.log_setup import ensure_stderr_logging
 logger = logging.getLogger("otel_perf.bootstrap")
 
 _configured_pid: int | None = None
+_analysis: Any = None  # the analysis processor this process was configured with, if any
 
 
 def already_configured() -> bool:
@@ -34,7 +35,7 @@ class OtelPerfConfigurator(_OTelSDKConfigurator):
     `OTEL_PYTHON_CONFIGURATOR=otel_perf` when another configurator is installed too."""
 
     def _configure(self, **kwargs: Any) -> None:
-        global _configured_pid
+        global _configured_pid, _analysis
         if already_configured():
             return
         _configured_pid = os.getpid()
@@ -44,6 +45,7 @@ class OtelPerfConfigurator(_OTelSDKConfigurator):
             processor = _analysis_processor()
         except Exception:  # otel-perf failing must leave plain OpenTelemetry working
             logger.exception("otel-perf: could not start trace analysis; continuing with plain OpenTelemetry")
+        _analysis = processor
         if processor is not None:
             make_export_processor = kwargs.get("export_span_processor") or BatchSpanProcessor
 
@@ -61,10 +63,28 @@ class OtelPerfConfigurator(_OTelSDKConfigurator):
             register_self_metrics(processor)
 
 
+def after_instrumentation() -> None:
+    """The launcher's `opentelemetry_post_instrument` hook: the instrumentations are loaded (so the
+    app's SQLAlchemy is imported); watch ORM lazy loads, but only when this process runs otel-perf's
+    analysis. The hook runs for every launch that has otel-perf installed, including with
+    `OTEL_PERF_ENABLED=false`, `OTEL_SDK_DISABLED=true` or another configurator selected: then it
+    does nothing. It never raises (an exception here would abort the launcher's setup)."""
+    try:
+        if _analysis is not None and already_configured() and _analysis.active:
+            from otel_perf.processors import orm
+
+            orm.watch_lazy_loads()
+    except Exception:
+        logger.warning("otel-perf: could not watch SQLAlchemy lazy loads", exc_info=True)
+
+
 def _analysis_processor() -> Any:
     from otel_perf.processors import TraceAnalysisSpanProcessor
     from otel_perf.settings import Settings
 
+    # The SDK's own kill switch: its tracer provider then makes no spans, so nothing to analyse.
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
     settings = Settings.from_env()
     if not settings.processor.analyses_in_process:
         return None

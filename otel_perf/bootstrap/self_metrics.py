@@ -9,6 +9,8 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from otel_perf.processors import failsafe
+
 
 def _observe(
     read: Callable[[], int | dict[str, int]], label: str = ""
@@ -39,6 +41,11 @@ def register_self_metrics(processor: Any) -> None:
             "Traces not analysed in-process (CPU share or max_traces).",
         ),
         "otel_perf.findings": (lambda: stats.findings, "", "Findings produced by detectors."),
+        "otel_perf.export.waits_timed_out": (
+            lambda: stats.export_waits_timed_out,
+            "",
+            "Hand-overs to an exporter whose queue stayed full past OTEL_PERF_EXPORT_WAIT_S.",
+        ),
         "otel_perf.alerts.sent": (lambda: router.sent, "", "Alerts delivered to the sinks."),
         "otel_perf.alerts.suppressed": (
             lambda: router.suppressed_duplicate + router.suppressed_rate_limit + router.suppressed_severity,
@@ -46,6 +53,11 @@ def register_self_metrics(processor: Any) -> None:
             "Findings not alerted: duplicate in cooldown, rate limit, or below the minimum severity.",
         ),
         "otel_perf.sink.failures": (lambda: dict(router.sink_failures), "sink", "Failed alert deliveries."),
+        "otel_perf.hook.failures": (
+            lambda: dict(failsafe.failures),
+            "hook",
+            "Exceptions inside otel-perf's hooks in application code, contained (never raised).",
+        ),
     }
     for name, (read, label, description) in counters.items():
         meter.create_observable_counter(name, callbacks=[_observe(read, label)], description=description)

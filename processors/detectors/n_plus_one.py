@@ -22,6 +22,7 @@ from pydantic_settings import SettingsConfigDict
 
 from otel_perf.config import Section
 from otel_perf.processors.detectors.base import operation_of, short
+from otel_perf.processors.detectors.calls import Signature, echoes_among, signature
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
 from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
 from otel_perf.processors.tree import KIND_SERVER, SpanNode, TraceShape, TraceTree
@@ -46,21 +47,6 @@ class NPlusOneSettings(Section):
     min_share: float = Field(
         0.1, ge=0, le=1, description="Below this share of the parent's time, severity drops one level."
     )
-
-
-Signature = tuple[str, ...]
-
-
-def signature(node: SpanNode) -> Signature | None:
-    """What makes two sibling spans 'the same call'; None for spans that are neither DB nor HTTP."""
-    if node.statement is not None:
-        template = normalize_sql(node.statement)
-        return None if is_transaction_control(template) else ("db", template)
-    if node.db_system is not None:
-        return ("db", f"{node.db_system} {node.name}")
-    if node.is_http_client:
-        return ("http", node.http_method or "GET", url_template(node.http_url or ""))
-    return None
 
 
 def _route_signature(node: SpanNode) -> Signature | None:
@@ -100,7 +86,10 @@ class NPlusOneDetector:
             if len(parent.children) < min_repeats:
                 continue
             groups: dict[Signature, list[SpanNode]] = {}
+            echoes = echoes_among(parent.children)
             for child in parent.children:
+                if child.span_id in echoes:
+                    continue
                 key = signature(child)
                 if key is not None:
                     groups.setdefault(key, []).append(child)
@@ -156,15 +145,19 @@ class NPlusOneDetector:
             if downstream:
                 details["downstream"] = downstream
         location = _common_location(members)
+        loader = _loading_query(parent, members) if kind == "db" else None
         if location:
             details["code_location"] = location
+        elif loader is not None and loader.code_location is not None:
+            # No application frame (lazy loads while FastAPI serialised the response, say): name the
+            # query that loaded the objects, which is where the eager load belongs.
+            details["code_location"] = {**loader.code_location, "role": "loaded the objects"}
         relationship = first.orm_lazy_load
         if relationship:
             details["orm_relationship"] = relationship
-            details["suggestion"] = (
-                f"eager-load it: .options(selectinload({relationship})) "
-                f"(or joinedload({relationship}) for a many-to-one)"
-            )
+            if first.orm_direction:
+                details["orm_direction"] = first.orm_direction
+            details["suggestion"] = _eager_load_suggestion(relationship, first.orm_direction, loader)
         elif kind == "db":
             details["suggestion"] = (
                 "fetch all rows in one query (WHERE … IN (…) or a JOIN) instead of one per item"
@@ -191,6 +184,34 @@ class NPlusOneDetector:
         )
 
 
+def _loading_query(parent: SpanNode, members: list[SpanNode]) -> SpanNode | None:
+    """The last other query under `parent` before the repeats began: the one that loaded the rows
+    whose relationship is then loaded one by one."""
+    first_start = members[0].start_ns
+    template = signature(members[0])
+    loader = None
+    for sibling in parent.children:
+        if sibling.start_ns >= first_start:
+            break
+        if sibling.statement is not None and signature(sibling) not in (None, template):
+            loader = sibling
+    return loader
+
+
+# Clauses with which a joined eager load changes or breaks the query (it adds columns and rows).
+_JOIN_UNSAFE = ("GROUP BY", "DISTINCT", "LIMIT", "UNION")
+
+
+def _eager_load_suggestion(relationship: str, direction: str | None, loader: SpanNode | None) -> str:
+    """`selectinload` always works; `joinedload` only fits a many-to-one (one row per item) on a
+    query it can't break."""
+    suggestion = f"eager-load it: .options(selectinload({relationship}))"
+    loader_sql = (loader.statement or "").upper() if loader is not None else ""
+    if direction == "many_to_one" and not any(clause in loader_sql for clause in _JOIN_UNSAFE):
+        suggestion += f" or .options(joinedload({relationship})) (a many-to-one: one joined row per item)"
+    return suggestion + " on the query that loads these objects"
+
+
 def _common_location(members: list[SpanNode]) -> dict[str, object] | None:
     locations = Counter(
         (m.code_file, m.code_line, m.code_function) for m in members if m.code_location is not None
@@ -212,7 +233,7 @@ def _downstream_statements(members: list[SpanNode]) -> list[dict[str, object]]:
             node = stack.pop()
             stack.extend(node.children)
             if node.statement is not None:
-                template = normalize_sql(node.statement)
+                template = normalize_sql(node.statement, node.db_system)
                 if not is_transaction_control(template):
                     seen[(node.service, template)] += 1
         per_call.update(seen)

@@ -19,6 +19,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from otel_perf.config import Section
 from otel_perf.processors.detectors.base import operation_of, short
+from otel_perf.processors.detectors.calls import is_echo
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
 from otel_perf.processors.normalize import normalize_sql, url_template
 from otel_perf.processors.tree import (
@@ -129,7 +130,7 @@ class SlowSpanDetector:
             if threshold is None:
                 continue
             duration = node.duration_ms
-            if duration <= threshold:
+            if duration <= threshold or (node.kind == KIND_CLIENT and is_echo(node)):
                 continue
             yield self._finding(tree, node, duration, threshold)
 
@@ -141,14 +142,15 @@ class SlowSpanDetector:
         )
         operation = operation_of(tree, node)
         details: dict[str, object] = {
-            "span_name": node.name,
+            # Some instrumentations name DB spans after the statement: never a literal in an alert.
+            "span_name": normalize_sql(node.name, node.db_system) if node.is_db else node.name,
             "span_kind": KIND_NAMES.get(node.kind, "unspecified"),
             "duration_ms": round(duration, 3),
             "threshold_ms": threshold,
             "ratio": round(ratio, 2),
         }
         if node.statement is not None:
-            what_key = normalize_sql(node.statement)
+            what_key = normalize_sql(node.statement, node.db_system)
             details["statement"] = what_key
             what = f"query {short(what_key, 70)}"
         elif node.kind == KIND_CLIENT and node.http_url is not None:
@@ -189,7 +191,7 @@ def _field_value(node: SpanNode, field: str) -> str | None:
     if field == "name":
         return node.name
     if field == "statement":
-        return normalize_sql(node.statement) if node.statement is not None else None
+        return normalize_sql(node.statement, node.db_system) if node.statement is not None else None
     if field == "db.system":
         return node.db_system
     return node.service
@@ -203,7 +205,10 @@ def _dominant_child(node: SpanNode) -> dict[str, object] | None:
     share = child.duration_ns / node.duration_ns
     if share < 0.5:
         return None
-    label = normalize_sql(child.statement) if child.statement is not None else child.name
+    if child.statement is not None:
+        label = normalize_sql(child.statement, child.db_system)
+    else:
+        label = normalize_sql(child.name, child.db_system) if child.is_db else child.name
     return {
         "span_name": short(label, 120),
         "duration_ms": round(child.duration_ms, 3),

@@ -102,11 +102,11 @@ class RunningApp:
                 self.process.wait()
 
 
-def prepare_shop(workdir: Path, env: dict[str, str]) -> None:
+def prepare_shop(workdir: Path, env: dict[str, str], python: str | Path = sys.executable) -> None:
     """The demo shop as a user's `main.py`, with its database seeded (uninstrumented)."""
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(APP_SOURCE, workdir / "main.py")
-    subprocess.run([sys.executable, "-c", "import main; main.seed()"], cwd=workdir, env=env, check=True)
+    subprocess.run([str(python), "-c", "import main; main.seed()"], cwd=workdir, env=env, check=True)
 
 
 def start_app(
@@ -118,12 +118,18 @@ def start_app(
     ready_path: str = "/healthz",
     export: dict[str, str] | None = None,
     seed: bool = True,
+    python: str | Path | None = None,
+    cwd: Path | None = None,
 ) -> RunningApp:
     """Start the shop (or `command`) in `workdir`.
 
     launch: "instrument" (opentelemetry-instrument <command>), "sitecustomize" (PYTHONPATH drop-in),
     or "plain" (no instrumentation at all).
+    python: the interpreter of the default command and the seed, e.g. one of another environment
+    (default: this one); `opentelemetry-instrument` is that environment's where it has one, else this one's.
+    cwd: where the app runs (default: `workdir`), e.g. the repository root.
     """
+    python = python or sys.executable
     port = free_port()
     alerts_file = workdir / "alerts.jsonl"
     full_env = {
@@ -136,11 +142,12 @@ def start_app(
         **(env or {}),
     }
     if seed:
-        prepare_shop(workdir, full_env)
-    argv = list(command or [sys.executable, "main.py"])
+        prepare_shop(workdir, full_env, python)
+    argv = list(command or [python, workdir / "main.py" if cwd else "main.py"])
     argv = [str(part).replace("{port}", str(port)) for part in argv]
     if launch == "instrument":
-        argv = [str(BIN / "opentelemetry-instrument"), *argv]
+        own_launcher = Path(python).parent / "opentelemetry-instrument"
+        argv = [str(own_launcher if own_launcher.exists() else BIN / "opentelemetry-instrument"), *argv]
     elif launch == "sitecustomize":
         existing = full_env.get("PYTHONPATH")
         full_env["PYTHONPATH"] = SITECUSTOMIZE_DIR + (os.pathsep + existing if existing else "")
@@ -149,7 +156,12 @@ def start_app(
     log_path = workdir / "app.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            argv, cwd=workdir, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            cwd=cwd or workdir,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     app = RunningApp(workdir, port, process, alerts_file, log_path, full_env)
 

@@ -42,7 +42,8 @@ def finding(
 
 
 def router(**settings) -> AlertRouter:
-    return AlertRouter(RouterSettings(**settings))
+    """Routing by span time alone, as `otel-perf analyze` does (live hosts: see the clock tests)."""
+    return AlertRouter(RouterSettings(**settings), replay=True)
 
 
 class RaisingSink(RecordingSink):
@@ -207,3 +208,67 @@ def test_full_queue_drops_and_counts_without_blocking() -> None:
     assert r.flush(5)
     assert [a.finding.fingerprint for a in sink.alerts] == ["first", "second"]
     r.shutdown()
+
+
+# --- live hosts: span time bounded by the receive time --------------------------------------------
+
+YEAR_2100 = 4_102_444_800 * S
+
+
+def _dated(fp: str, time_ns: int, type_: str = "n_plus_one") -> Finding:
+    item = finding(fp, type_=type_)
+    item.time_ns = time_ns
+    return item
+
+
+class FakeClock:
+    def __init__(self, now_ns: int) -> None:
+        self.now_ns = now_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+
+def test_findings_dated_in_the_future_cannot_silence_current_ones() -> None:
+    clock = FakeClock(T0)
+    live = AlertRouter(RouterSettings(max_per_hour=60, max_clock_skew_s=300), clock=clock)
+    for index in range(60):  # a sender with a clock in 2100 fills this hour's budget
+        assert live.decide(_dated(f"future-{index}", YEAR_2100)) is not None
+    assert live.decide(_dated("current", T0)) is None
+    # An hour and the skew allowance later (not in 2100), current findings are alerted again.
+    clock.now_ns = T0 + 3600 * S + 301 * S
+    assert live.decide(_dated("current", clock.now_ns)) is not None
+
+
+def test_a_cooldown_started_by_a_future_date_ends_on_time() -> None:
+    clock = FakeClock(T0)
+    live = AlertRouter(RouterSettings(cooldown_s=60, max_clock_skew_s=300), clock=clock)
+    assert live.decide(_dated("fp", YEAR_2100)) is not None
+    assert live.decide(_dated("fp", T0)) is None  # inside the cooldown
+    clock.now_ns = T0 + 361 * S  # skew + cooldown later
+    assert live.decide(_dated("fp", clock.now_ns)) is not None
+
+
+def test_remembered_alerts_of_another_host_are_bounded_too() -> None:
+    clock = FakeClock(T0)
+    live = AlertRouter(RouterSettings(cooldown_s=60, max_clock_skew_s=300), clock=clock)
+    live.remember("fp", YEAR_2100, Severity.MEDIUM)
+    clock.now_ns = T0 + 361 * S
+    assert live.decide(_dated("fp", clock.now_ns)) is not None
+
+
+def test_findings_dated_far_in_the_past_are_routed_now() -> None:
+    live = AlertRouter(RouterSettings(cooldown_s=900), clock=FakeClock(T0))
+    assert live.decide(_dated("fp", 1 * S)) is not None  # 1970
+    # A repeat at the real time is inside the cooldown: the first was routed at the receive time.
+    assert live.decide(_dated("fp", T0)) is None
+
+
+def test_span_time_within_the_skew_is_kept_and_replay_keeps_any_span_time() -> None:
+    live = AlertRouter(RouterSettings(cooldown_s=60, max_clock_skew_s=300), clock=FakeClock(T0))
+    assert live.decide(_dated("fp", T0 - 100 * S)) is not None
+    # 61 s of span time later the cooldown is over: sane span time is what routing runs on.
+    assert live.decide(_dated("fp", T0 - 39 * S)) is not None
+    replay = router(cooldown_s=60)
+    assert replay.decide(_dated("fp", YEAR_2100)) is not None
+    assert replay.decide(_dated("fp", YEAR_2100 + 61 * S)) is not None

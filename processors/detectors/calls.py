@@ -1,0 +1,64 @@
+"""What makes two client spans "the same call", and which client spans only echo another one.
+
+An echo is a second span of one round trip: with `opentelemetry-bootstrap -a install`, the
+database driver's instrumentation (sqlite3, psycopg, asyncpg, dbapi) traces each query the ORM's
+instrumentation already traced, and urllib3's each call requests traced. The echo has the same
+signature, runs inside the first span's time, as its child or as its sibling (the SQLAlchemy
+instrumentation does not make its span current), and comes from another instrumentation scope.
+Detectors skip echoes: one query is one query.
+"""
+
+from __future__ import annotations
+
+from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
+from otel_perf.processors.tree import SpanNode
+
+Signature = tuple[str, ...]
+
+
+def signature(node: SpanNode) -> Signature | None:
+    """What makes two sibling spans 'the same call'; None for spans that are neither DB nor HTTP."""
+    if node.statement is not None:
+        template = normalize_sql(node.statement, node.db_system)
+        return None if is_transaction_control(template) else ("db", template)
+    if node.db_system is not None:
+        return ("db", f"{node.db_system} {node.name}")
+    if node.is_http_client:
+        return ("http", node.http_method or "GET", url_template(node.http_url or ""))
+    return None
+
+
+def _echoes(inner: SpanNode, outer: SpanNode) -> bool:
+    """`inner` runs inside `outer`'s time and comes from another instrumentation (a loop's repeats, or
+    concurrent identical queries, come from the same one and are not echoes)."""
+    return outer.start_ns <= inner.start_ns and inner.end_ns <= outer.end_ns and inner.scope != outer.scope
+
+
+def echoes_among(children: list[SpanNode]) -> set[int]:
+    """Ids of the siblings (sorted by start, as in a tree) that echo an earlier sibling: same
+    signature, inside its time. Linear: each is compared with the last call of its signature."""
+    echoes: set[int] = set()
+    last_call: dict[Signature, SpanNode] = {}
+    for child in children:
+        key = signature(child)
+        if key is None:
+            continue
+        outer = last_call.get(key)
+        if outer is not None and _echoes(child, outer):
+            echoes.add(child.span_id)
+        else:
+            last_call[key] = child
+    return echoes
+
+
+def is_echo(node: SpanNode) -> bool:
+    """Whether `node` echoes its parent's call or an earlier sibling's (see the module docstring)."""
+    parent = node.parent
+    if parent is None:
+        return False
+    key = signature(node)
+    if key is None:
+        return False
+    if _echoes(node, parent) and signature(parent) == key:
+        return True
+    return node.span_id in echoes_among(parent.children)

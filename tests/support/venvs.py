@@ -1,0 +1,49 @@
+"""Environments other than the test venv, built as users build theirs: otel-perf installed from this
+tree with `pip install .` (not editable: the way the README installs it), optionally followed by
+`opentelemetry-bootstrap -a install`, which every OpenTelemetry Python guide tells users to run.
+
+Created once under the repository (`.venv-<name>`, git-ignored), refreshed with the current tree's
+otel-perf at the start of each test session; pip's cache makes both quick after the first time.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+# What the test apps need besides otel-perf and its test extra.
+APP_EXTRAS = ("aiosqlite", "asyncpg")
+
+_refreshed: set[str] = set()
+
+
+def _run(*argv: str | Path) -> None:
+    result = subprocess.run([str(part) for part in argv], capture_output=True, text=True, cwd=REPO)
+    if result.returncode != 0:
+        command = " ".join(map(str, argv))
+        raise RuntimeError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+
+
+def user_venv(name: str, *, bootstrap: bool = False) -> Path:
+    """The `bin` directory of `.venv-<name>`: otel-perf installed from this tree as `pip install .`
+    does, with the app extras, and after `opentelemetry-bootstrap -a install` if `bootstrap`."""
+    root = REPO / f".venv-{name}"
+    python = root / "bin" / "python"
+    with open(REPO / f".venv-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        marker = root / ".otel-perf-ready"
+        if not marker.exists():
+            _run(sys.executable, "-m", "venv", "--clear", root)
+            _run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
+            _run(python, "-m", "pip", "install", "--quiet", f"{REPO}[test]", *APP_EXTRAS)
+            if bootstrap:
+                _run(root / "bin" / "opentelemetry-bootstrap", "-a", "install")
+            marker.write_text("ready\n")
+        elif name not in _refreshed:
+            # This session's code, not the code of the session that built the environment.
+            _run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(REPO))
+        _refreshed.add(name)
+    return root / "bin"
