@@ -29,6 +29,7 @@ from benchmarks.otlp_load import requests
 from benchmarks.processes import analyzer, sink_collector
 from otel_perf.alerting.router import AlertRouter, RouterSettings
 from otel_perf.processors import TraceAnalysisSpanProcessor
+from otel_perf.processors.analysis import build_detectors
 from otel_perf.settings import Settings
 
 
@@ -60,7 +61,10 @@ def in_process(samples: int) -> list[float]:
     settings = Settings.from_env()  # shipped defaults: 100 ms grace
     router = AlertRouter(RouterSettings(cooldown_s=0, max_per_hour=10**6), [sink])
     processor = TraceAnalysisSpanProcessor(
-        settings, export_processor=SimpleSpanProcessor(_Drop()), router=router
+        settings.processor,
+        detectors=build_detectors(settings.detectors),
+        findings=router,
+        export_processor=SimpleSpanProcessor(_Drop()),
     )
     provider = TracerProvider()
     provider.add_span_processor(processor)

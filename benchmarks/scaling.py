@@ -95,7 +95,11 @@ def held_processor(max_buffered: int) -> tuple[TracerProvider, TraceAnalysisSpan
             analysis_cpu_share=1.0,
         )
     )
-    processor = TraceAnalysisSpanProcessor(settings, router=AlertRouter(settings.router, []))
+    processor = TraceAnalysisSpanProcessor(
+        settings.processor,
+        detectors=build_detectors(settings.detectors),
+        findings=AlertRouter(settings.router, []),
+    )
     provider = TracerProvider()
     provider.add_span_processor(processor)
     return provider, processor
@@ -130,7 +134,11 @@ def flood(traces: int, children: int) -> dict[str, object]:
     """Traces whose roots never end, with the shipped bounds (max_traces, max_buffered_spans):
     held spans stop at the bound and RSS stops growing (second half vs first half of the flood)."""
     settings = Settings.from_env(processor=ProcessorSettings(analysis_cpu_share=1.0))
-    processor = TraceAnalysisSpanProcessor(settings, router=AlertRouter(settings.router, []))
+    processor = TraceAnalysisSpanProcessor(
+        settings.processor,
+        detectors=build_detectors(settings.detectors),
+        findings=AlertRouter(settings.router, []),
+    )
     provider = TracerProvider()
     provider.add_span_processor(processor)
     tracer = provider.get_tracer("bench")
@@ -171,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, object]:
     parser.add_argument("--max-spans", type=int, default=100_000)
     parser.add_argument("--flood-traces", type=int, default=20_000)
     args = parser.parse_args(argv)
-    detectors = build_detectors(Settings.from_env())
+    detectors = build_detectors()
     sizes = [size for size in (10, 100, 1_000, 10_000, 100_000) if size <= args.max_spans]
     result: dict[str, object] = {}
     for shape in ("bushy", "wide", "deep"):

@@ -28,6 +28,7 @@ from opentelemetry.trace import SpanKind
 from benchmarks.common import emit, interleaved, library_frames, machine, median
 from otel_perf.alerting.router import AlertRouter
 from otel_perf.processors import TraceAnalysisSpanProcessor
+from otel_perf.processors.analysis import build_detectors
 from otel_perf.processors.processor import ProcessorSettings
 from otel_perf.settings import Settings
 
@@ -61,7 +62,10 @@ def build_provider(cpu_share: float | None) -> tuple[TracerProvider, DroppingExp
         )
         provider.add_span_processor(
             TraceAnalysisSpanProcessor(
-                settings, export_processor=batch, router=AlertRouter(settings.router, [])
+                settings.processor,
+                detectors=build_detectors(settings.detectors),
+                findings=AlertRouter(settings.router, []),
+                export_processor=batch,
             )
         )
     else:

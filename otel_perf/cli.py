@@ -70,8 +70,8 @@ def analyze(
     summary: Annotated[bool, typer.Option(help="Print a table of the alerts on stderr at the end.")] = True,
 ) -> None:
     """Analyse exported traces: alerts as JSON lines on stdout, progress on stderr."""
-    from otel_perf.config import SettingsError
     from otel_perf.offline import analyze_traces, read_traces
+    from otel_perf.processors.config import SettingsError
     from otel_perf.processors.sources import OtlpFormatError
     from otel_perf.render import alerts_table
     from otel_perf.settings import Settings
@@ -119,9 +119,21 @@ def analyze(
 def analyzer() -> None:
     """Run the collector-side analyzer: OTLP in (from the collector's groupbytrace), whole traces
     analysed, traces and alerts back to the collector. Settings: OTEL_PERF_ANALYZER_* and the rest."""
-    from otel_perf.analyzer.server import run
+    from otel_perf.analyzer.server import Analyzer
+    from otel_perf.log_setup import ensure_stderr_logging
+    from otel_perf.processors.analysis import build_detectors
+    from otel_perf.settings import Settings
 
-    run()
+    ensure_stderr_logging()
+    settings = Settings.from_env()
+    Analyzer(
+        settings.analyzer,
+        detectors=build_detectors(settings.detectors),
+        router=settings.router,
+        sinks=settings.sinks,
+        analyses=settings.processor.analyses_in_collector,
+        skip_marked=settings.processor.mode == "both",
+    ).serve()
 
 
 rig_app = typer.Typer(
@@ -227,7 +239,7 @@ def settings(
     if markdown:
         print(markdown_table())
         return
-    from otel_perf.bootstrap.log_setup import ensure_stderr_logging
+    from otel_perf.log_setup import ensure_stderr_logging
 
     ensure_stderr_logging()
     effective = Settings.from_env()

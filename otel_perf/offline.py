@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
-from otel_perf.alerting.router import Alert, AlertRouter
+from otel_perf.alerting.alert import Alert
+from otel_perf.alerting.router import AlertRouter
 from otel_perf.processors.analysis import analyze_tree, build_detectors
 from otel_perf.processors.sources import OtlpFormatError, read_json_lines
 from otel_perf.processors.tree import SpanNode, TraceTree
@@ -31,7 +32,7 @@ def analyze_traces(
     traces: dict[int, list[SpanNode]], settings: Settings, *, dedup: bool = True
 ) -> Iterator[Alert]:
     """Alerts in trace end-time order; with `dedup`, routed (cooldown, rate limit) like live ones."""
-    detectors = build_detectors(settings)
+    detectors = build_detectors(settings.detectors)
     router = AlertRouter(settings.router, replay=True)
     trees = sorted(
         (TraceTree(trace_id, nodes) for trace_id, nodes in traces.items()), key=lambda tree: tree.end_ns()

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
 
 from otel_perf.processors import semconv
+from otel_perf.processors.config import Section
+from otel_perf.processors.detectors import REGISTRY
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.findings import Finding
 from otel_perf.processors.tree import TraceShape, TraceTree
@@ -14,14 +15,13 @@ from otel_perf.processors.tree import TraceShape, TraceTree
 logger = logging.getLogger("otel_perf.analysis")
 
 
-def build_detectors(settings: Any) -> list[Detector]:
-    """One detector per enabled registry entry, each with its own settings section."""
-    from otel_perf.processors.detectors import REGISTRY
-
+def build_detectors(sections: Mapping[str, Section] | None = None) -> list[Detector]:
+    """One detector per enabled registry entry, each with its own settings section: from
+    `sections` (by registry name) where given, else read from the environment."""
     detectors: list[Detector] = []
-    for name, (detector_class, _) in REGISTRY.items():
-        section = getattr(settings, name)
-        if section.enabled:
+    for name, (detector_class, section_class) in REGISTRY.items():
+        section = (sections or {}).get(name) or section_class.load()
+        if getattr(section, "enabled", True):
             detectors.append(detector_class(section))
     return detectors
 

@@ -34,10 +34,11 @@ def _library_prefixes() -> tuple[str, ...]:
         paths.add(site.getusersitepackages())
     except AttributeError:  # virtualenv's old site.py
         pass
-    # otel-perf itself, wherever it is installed (editable installs live outside site-packages).
-    import otel_perf
-
-    paths.add(os.path.dirname(os.path.abspath(otel_perf.__file__)))
+    # otel-perf itself, wherever it is installed (editable installs live outside site-packages). The
+    # parent package is always imported before this module: its location, not its code, is needed.
+    package_file = getattr(sys.modules.get("otel_perf"), "__file__", None)
+    if package_file:
+        paths.add(os.path.dirname(os.path.abspath(package_file)))
     paths.add(os.path.dirname(os.path.abspath(__file__)))
     return tuple(sorted({os.path.realpath(path) + os.sep for path in paths if path}, key=len, reverse=True))
 

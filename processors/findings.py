@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 MAX_SPAN_IDS = 50
 
@@ -105,3 +107,48 @@ class Finding:
 
 def iso_time(time_ns: int) -> str:
     return datetime.fromtimestamp(time_ns / 1e9, tz=timezone.utc).isoformat(timespec="milliseconds")
+
+
+class FindingsHandler(Protocol):
+    """Where a host hands the findings of each analysed trace: in otel-perf, the alert router.
+    `submit` must not block (it runs on the analysis worker)."""
+
+    def submit(self, findings: Sequence[Finding]) -> None: ...
+
+    def flush(self, timeout_s: float = 10.0) -> bool: ...
+
+    def shutdown(self, timeout_s: float = 5.0) -> None: ...
+
+
+class DiscardFindings:
+    """A handler that keeps nothing: hosts that only annotate spans, and the fallback when no
+    default handler was registered."""
+
+    def submit(self, findings: Sequence[Finding]) -> None:
+        pass
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        return True
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        pass
+
+
+# The analysis core knows nothing of alerting: the application layer above it (the `otel_perf`
+# package, imported before any of its subpackages) registers how to build the default handler.
+_default_handler_factory: Callable[[], FindingsHandler] | None = None
+
+
+def register_default_handler(factory: Callable[[], FindingsHandler]) -> None:
+    global _default_handler_factory
+    _default_handler_factory = factory
+
+
+def default_handler() -> FindingsHandler:
+    """The registered default (alerts routed to the `OTEL_PERF_ALERTS_*` sinks), else one that discards."""
+    if _default_handler_factory is None:
+        logging.getLogger("otel_perf.analysis").warning(
+            "otel-perf: no findings handler registered; findings are discarded"
+        )
+        return DiscardFindings()
+    return _default_handler_factory()

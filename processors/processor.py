@@ -29,12 +29,13 @@ from opentelemetry.trace import SpanKind
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from otel_perf.config import Section
 from otel_perf.processors import orm, semconv
 from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors, worth_analysing
 from otel_perf.processors.budget import AnalysisBudget
 from otel_perf.processors.code_location import CodeLocator
+from otel_perf.processors.config import Section
 from otel_perf.processors.failsafe import record_failure
+from otel_perf.processors.findings import FindingsHandler, default_handler
 from otel_perf.processors.sources import node_from_readable, plain_attributes, shape_of_readable
 from otel_perf.processors.tree import TraceTree
 
@@ -43,9 +44,7 @@ if TYPE_CHECKING:
 
     from opentelemetry.context import Context
 
-    from otel_perf.alerting.router import AlertRouter
     from otel_perf.processors.detectors.base import Detector
-    from otel_perf.settings import Settings
 
 logger = logging.getLogger("otel_perf.processor")
 _CLIENT = SpanKind.CLIENT
@@ -98,6 +97,10 @@ class ProcessorSettings(Section):
     def analyses_in_process(self) -> bool:
         return self.enabled and self.mode in ("in_process", "both")
 
+    @property
+    def analyses_in_collector(self) -> bool:
+        return self.enabled and self.mode in ("collector", "both")
+
 
 @dataclass
 class ProcessorStats:
@@ -134,20 +137,18 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
 
     def __init__(
         self,
-        settings: Settings | None = None,
+        config: ProcessorSettings | None = None,
         *,
+        detectors: Sequence[Detector] | None = None,
+        findings: FindingsHandler | None = None,
         export_processor: SpanProcessor | None = None,
-        router: AlertRouter | None = None,
-        detectors: list[Detector] | None = None,
     ) -> None:
-        from otel_perf.alerting.router import AlertRouter
-        from otel_perf.settings import Settings  # settings compose this module's section
-
-        self.settings = settings or Settings.from_env()
-        self._config = self.settings.processor
+        """Each argument defaults to what `OTEL_PERF_*` configures: this processor's section, the
+        registry's enabled detectors, and the default findings handler (otel-perf's alert router)."""
+        self._config = config if config is not None else ProcessorSettings.load()
         self._active = self._config.analyses_in_process
-        self._detectors = detectors if detectors is not None else build_detectors(self.settings)
-        self.router = router if router is not None else AlertRouter.from_settings(self.settings)
+        self._detectors = list(detectors) if detectors is not None else build_detectors()
+        self.findings = findings if findings is not None else default_handler()
         self._downstream: tuple[SpanProcessor, ...] = (export_processor,) if export_processor else ()
         self._locator = CodeLocator() if self._config.capture_code_location else None
         self._budget = AnalysisBudget(self._config.analysis_cpu_share)
@@ -428,7 +429,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         with self._lock:
             self._budget.charge(pending.operation, cost)
         if findings:
-            self.router.submit(findings)
+            self.findings.submit(findings)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -449,7 +450,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         """Analyse and export everything held now, complete or not, then flush downstream."""
         deadline = time.monotonic() + timeout_millis / 1000
         flushed = self._drain(deadline)
-        flushed = self.router.flush(max(0.0, deadline - time.monotonic())) and flushed
+        flushed = self.findings.flush(max(0.0, deadline - time.monotonic())) and flushed
         for downstream in self._downstream:
             remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
             flushed = downstream.force_flush(remaining_ms) and flushed
@@ -463,7 +464,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         if worker is not None and worker is not threading.current_thread():
             worker.join(timeout=5)
         self._drain(time.monotonic() + 5)
-        self.router.shutdown()
+        self.findings.shutdown()
         for downstream in self._downstream:
             downstream.shutdown()
 

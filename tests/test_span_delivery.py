@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, Spa
 
 from otel_perf.alerting.router import AlertRouter, RouterSettings
 from otel_perf.processors import TraceAnalysisSpanProcessor
+from otel_perf.processors.analysis import build_detectors
 from otel_perf.processors.processor import ProcessorSettings
 from otel_perf.settings import Settings
 from otel_perf.stack import toolchain
@@ -289,7 +290,10 @@ def _pipeline(export_processor: Any, **processor: Any) -> tuple[TracerProvider, 
         processor=ProcessorSettings(trace_grace_ms=0, analysis_cpu_share=1.0, **processor)
     )
     analysis = TraceAnalysisSpanProcessor(
-        settings, export_processor=export_processor, router=AlertRouter(RouterSettings(), [])
+        settings.processor,
+        detectors=build_detectors(settings.detectors),
+        findings=AlertRouter(RouterSettings(), []),
+        export_processor=export_processor,
     )
     provider = TracerProvider(resource=Resource.create({"service.name": "delivery"}), shutdown_on_exit=False)
     provider.add_span_processor(analysis)

@@ -23,17 +23,14 @@ import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from otel_perf.alerting.sinks import Sink
-from otel_perf.config import Section
+from otel_perf.alerting.alert import Alert, Sink
+from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, Severity
-
-if TYPE_CHECKING:
-    from otel_perf.settings import Settings
 
 logger = logging.getLogger("otel_perf.alerting")
 
@@ -65,19 +62,6 @@ class RouterSettings(Section):
     @classmethod
     def _parse_severity(cls, value: Any) -> Severity:
         return Severity.parse(value) if isinstance(value, str) else value
-
-
-@dataclass
-class Alert:
-    """A finding the router decided to send, with how often it occurred since the last one."""
-
-    finding: Finding
-    occurrences: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        data = self.finding.to_json()
-        data["occurrences"] = self.occurrences
-        return data
 
 
 @dataclass
@@ -127,12 +111,6 @@ class AlertRouter:
         self._queue: queue.Queue[Alert | None] = queue.Queue(self.settings.queue_size)
         self._worker: threading.Thread | None = None
         self._worker_lock = threading.Lock()
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AlertRouter:
-        from otel_perf.alerting.sinks import build_sinks
-
-        return cls(settings.router, build_sinks(settings.sinks))
 
     # --- decisions --------------------------------------------------------------------------------
 

@@ -13,22 +13,22 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from otel_perf.config import Section
+from otel_perf.alerting.alert import Alert, Sink
 from otel_perf.processors import semconv
+from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Severity
 
 if TYPE_CHECKING:
     from opentelemetry._logs import LoggerProvider
     from opentelemetry.trace import TracerProvider
 
-    from otel_perf.alerting.router import Alert
 
 logger = logging.getLogger("otel_perf.alerting")
 
@@ -58,16 +58,6 @@ class SinkSettings(Section):
                 raise ValueError("must be an http:// or https:// URL")
             return text.strip()
         return value
-
-
-class Sink(Protocol):
-    name: str
-
-    def send(self, alert: Alert) -> None: ...
-
-    def flush(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def build_sinks(settings: SinkSettings, otlp: Sink | None = None) -> list[Sink]:

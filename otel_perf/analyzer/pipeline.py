@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -24,8 +25,10 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 
 from otel_perf.alerting.router import AlertRouter
 from otel_perf.analyzer.otlp_codec import BadRequest
+from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.processors import semconv
-from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors, worth_analysing
+from otel_perf.processors.analysis import analyze_tree, annotations, worth_analysing
+from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.findings import Finding, Severity
 from otel_perf.processors.sources import (
     OtlpFormatError,
@@ -35,7 +38,6 @@ from otel_perf.processors.sources import (
     spans_from_proto,
 )
 from otel_perf.processors.tree import TraceTree
-from otel_perf.settings import Settings
 
 logger = logging.getLogger("otel_perf.analyzer")
 
@@ -79,12 +81,22 @@ class _Trace:
 
 
 class AnalysisPipeline:
-    def __init__(self, settings: Settings, forward: Forward, router: AlertRouter) -> None:
-        self.settings = settings
-        self._config = settings.analyzer
-        self._analyses = settings.processor.enabled and settings.processor.mode in ("collector", "both")
-        self._skip_marked = settings.processor.mode == "both"
-        self._detectors = build_detectors(settings)
+    def __init__(
+        self,
+        config: AnalyzerSettings,
+        detectors: Sequence[Detector],
+        forward: Forward,
+        router: AlertRouter,
+        *,
+        analyses: bool = True,
+        skip_marked: bool = True,
+    ) -> None:
+        """`analyses`: run the detectors (else only forward); `skip_marked`: skip findings the app
+        already marked on its spans (both hosts analyse: `OTEL_PERF_MODE=both`)."""
+        self._config = config
+        self._analyses = analyses
+        self._skip_marked = skip_marked
+        self._detectors = list(detectors)
         self._forward = forward
         self.router = router
         self.stats = PipelineStats()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -39,12 +40,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from otel_perf.alerting.router import AlertRouter
-from otel_perf.alerting.sinks import OtlpSink, build_sinks
+from otel_perf.alerting.router import AlertRouter, RouterSettings
+from otel_perf.alerting.sinks import OtlpSink, SinkSettings, build_sinks
 from otel_perf.analyzer.forwarder import Forwarder
 from otel_perf.analyzer.otlp_codec import JSON, PROTOBUF, BadRequest, UnsupportedMediaType, decode
 from otel_perf.analyzer.pipeline import AnalysisPipeline, Unavailable
-from otel_perf.settings import Settings
+from otel_perf.analyzer.settings import AnalyzerSettings
+from otel_perf.processors.detectors.base import Detector
 
 logger = logging.getLogger("otel_perf.analyzer")
 
@@ -72,9 +74,18 @@ def _count_points(request: ExportMetricsServiceRequest) -> int:
 class Analyzer:
     """The service: pipeline, forwarder, alert router, receivers."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings.from_env()
-        config = self.settings.analyzer
+    def __init__(
+        self,
+        config: AnalyzerSettings,
+        *,
+        detectors: Sequence[Detector],
+        router: RouterSettings,
+        sinks: SinkSettings,
+        analyses: bool = True,
+        skip_marked: bool = True,
+    ) -> None:
+        """Each part gets its own settings; `analyses`/`skip_marked` as in `AnalysisPipeline`."""
+        self.config = config
         self.forwarder = Forwarder(config.export_endpoint, config.export_queue_size, config.export_timeout_s)
         resource = Resource.create({"service.name": "otel-perf-analyzer"})
         self.tracer_provider = TracerProvider(resource=resource)
@@ -89,9 +100,11 @@ class Analyzer:
                 OTLPLogExporter(endpoint=config.export_endpoint, insecure=True), schedule_delay_millis=200
             )
         )
-        sinks = build_sinks(self.settings.sinks, OtlpSink(self.tracer_provider, self.logger_provider))
-        self.router = AlertRouter(self.settings.router, sinks)
-        self.pipeline = AnalysisPipeline(self.settings, self.forwarder, self.router)
+        otlp = OtlpSink(self.tracer_provider, self.logger_provider)
+        self.router = AlertRouter(router, build_sinks(sinks, otlp))
+        self.pipeline = AnalysisPipeline(
+            config, detectors, self.forwarder, self.router, analyses=analyses, skip_marked=skip_marked
+        )
         self.metrics_stats = MetricsStats()
         self.registry = CollectorRegistry()
         self.registry.register(_StatsCollector(self))
@@ -114,9 +127,9 @@ class Analyzer:
         return ExportMetricsServiceResponse()
 
     def _check_size(self, payload: bytes) -> None:
-        if len(payload) > self.settings.analyzer.max_request_bytes:
+        if len(payload) > self.config.max_request_bytes:
             raise RequestTooLarge(
-                f"request of {len(payload)} bytes exceeds {self.settings.analyzer.max_request_bytes}"
+                f"request of {len(payload)} bytes exceeds {self.config.max_request_bytes}"
             )
 
     # --- gRPC -------------------------------------------------------------------------------------
@@ -139,7 +152,7 @@ class Analyzer:
         return grpc.unary_unary_rpc_method_handler(handle)
 
     def start_grpc(self) -> int:
-        config = self.settings.analyzer
+        config = self.config
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="otlp-grpc"),
             options=[("grpc.max_receive_message_length", config.max_request_bytes + 1024)],
@@ -207,13 +220,13 @@ class Analyzer:
         media = JSON if content_type.split(";")[0].strip().lower() == JSON else PROTOBUF
         declared = int(request.headers.get("content-length") or 0)
         try:
-            if declared > self.settings.analyzer.max_request_bytes:
+            if declared > self.config.max_request_bytes:
                 raise RequestTooLarge(
-                    f"request of {declared} bytes exceeds {self.settings.analyzer.max_request_bytes}"
+                    f"request of {declared} bytes exceeds {self.config.max_request_bytes}"
                 )
             payload = await request.body()
             if request.headers.get("content-encoding", "").lower() == "gzip":
-                payload = _gunzip(payload, self.settings.analyzer.max_request_bytes)
+                payload = _gunzip(payload, self.config.max_request_bytes)
             response = export(payload, content_type)
         except UnsupportedMediaType as error:
             return _status_response(415, code_pb2.INVALID_ARGUMENT, str(error), PROTOBUF)
@@ -232,17 +245,17 @@ class Analyzer:
     def serve(self) -> None:
         """Run until SIGTERM/SIGINT, then drain: analyse what is held, deliver, forward."""
         grpc_port = self.start_grpc()
-        host, _, port = self.settings.analyzer.http_endpoint.rpartition(":")
+        host, _, port = self.config.http_endpoint.rpartition(":")
         config = uvicorn.Config(
             self.http_app(), host=host or "127.0.0.1", port=int(port), log_level="warning"
         )
         self._http_server = uvicorn.Server(config)
         logger.info(
             "otel-perf analyzer: OTLP gRPC on %s (port %d), HTTP on %s; forwarding to %s",
-            self.settings.analyzer.grpc_endpoint,
+            self.config.grpc_endpoint,
             grpc_port,
-            self.settings.analyzer.http_endpoint,
-            self.settings.analyzer.export_endpoint,
+            self.config.http_endpoint,
+            self.config.export_endpoint,
         )
         self.ready.set()
         try:
@@ -362,8 +375,3 @@ class _StatsCollector:
         yield failures
 
 
-def run(settings: Settings | None = None) -> None:
-    from otel_perf.bootstrap.log_setup import ensure_stderr_logging
-
-    ensure_stderr_logging()
-    Analyzer(settings).serve()

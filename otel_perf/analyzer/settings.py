@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from otel_perf.config import Section
+from otel_perf.processors.config import Section
 
 
 class AnalyzerSettings(Section):

@@ -17,12 +17,19 @@ from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from otel_perf.bootstrap.log_setup import ensure_stderr_logging
+from otel_perf.alerting.router import AlertRouter
+from otel_perf.alerting.sinks import build_sinks
+from otel_perf.bootstrap.self_metrics import register_self_metrics
+from otel_perf.log_setup import ensure_stderr_logging
+from otel_perf.processors import orm
+from otel_perf.processors.analysis import build_detectors
+from otel_perf.processors.processor import TraceAnalysisSpanProcessor
+from otel_perf.settings import Settings
 
 logger = logging.getLogger("otel_perf.bootstrap")
 
 _configured_pid: int | None = None
-_analysis: Any = None  # the analysis processor this process was configured with, if any
+_analysis: TraceAnalysisSpanProcessor | None = None  # the processor this process was configured with
 
 
 def already_configured() -> bool:
@@ -40,9 +47,11 @@ class OtelPerfConfigurator(_OTelSDKConfigurator):
             return
         _configured_pid = os.getpid()
         ensure_stderr_logging()
-        processor = None
+        processor = router = None
         try:
-            processor = _analysis_processor()
+            built = _build_analysis()
+            if built is not None:
+                processor, router = built
         except Exception:  # otel-perf failing must leave plain OpenTelemetry working
             logger.exception("otel-perf: could not start trace analysis; continuing with plain OpenTelemetry")
         _analysis = processor
@@ -57,10 +66,8 @@ class OtelPerfConfigurator(_OTelSDKConfigurator):
             kwargs["span_processors"] = [processor, *(kwargs.get("span_processors") or ())]
             kwargs["export_span_processor"] = export_after_analysis
         super()._configure(**kwargs)
-        if processor is not None:
-            from otel_perf.bootstrap.self_metrics import register_self_metrics
-
-            register_self_metrics(processor)
+        if processor is not None and router is not None:
+            register_self_metrics(processor.stats, router.stats)
 
 
 def after_instrumentation() -> None:
@@ -71,21 +78,22 @@ def after_instrumentation() -> None:
     does nothing. It never raises (an exception here would abort the launcher's setup)."""
     try:
         if _analysis is not None and already_configured() and _analysis.active:
-            from otel_perf.processors import orm
-
             orm.watch_lazy_loads()
     except Exception:
         logger.warning("otel-perf: could not watch SQLAlchemy lazy loads", exc_info=True)
 
 
-def _analysis_processor() -> Any:
-    from otel_perf.processors import TraceAnalysisSpanProcessor
-    from otel_perf.settings import Settings
-
+def _build_analysis() -> tuple[TraceAnalysisSpanProcessor, AlertRouter] | None:
+    """The analysis processor and the alert router it hands findings to, each with its own settings;
+    None when analysis is off in this process."""
     # The SDK's own kill switch: its tracer provider then makes no spans, so nothing to analyse.
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     settings = Settings.from_env()
     if not settings.processor.analyses_in_process:
         return None
-    return TraceAnalysisSpanProcessor(settings)
+    router = AlertRouter(settings.router, build_sinks(settings.sinks))
+    processor = TraceAnalysisSpanProcessor(
+        settings.processor, detectors=build_detectors(settings.detectors), findings=router
+    )
+    return processor, router

@@ -9,7 +9,7 @@ import os
 from opentelemetry.instrumentation.distro import BaseDistro
 
 from otel_perf.bootstrap.checks import warn_about_skipped_instrumentations
-from otel_perf.bootstrap.log_setup import ensure_stderr_logging
+from otel_perf.log_setup import ensure_stderr_logging
 
 OTLP_DEFAULTS = {
     "OTEL_TRACES_EXPORTER": "otlp",

@@ -9,7 +9,9 @@ from typing import Any
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
+from otel_perf.alerting.router import RouterStats
 from otel_perf.processors import failsafe
+from otel_perf.processors.processor import ProcessorStats
 
 
 def _observe(
@@ -24,9 +26,8 @@ def _observe(
     return callback
 
 
-def register_self_metrics(processor: Any) -> None:
+def register_self_metrics(stats: ProcessorStats, router: RouterStats) -> None:
     meter = metrics.get_meter("otel_perf")
-    stats, router = processor.stats, processor.router.stats
     counters: dict[str, tuple[Callable[[], Any], str, str]] = {
         "otel_perf.traces.analysed": (lambda: stats.traces_analysed, "", "Traces analysed in-process."),
         "otel_perf.spans.analysed": (lambda: stats.spans_analysed, "", "Spans analysed in-process."),

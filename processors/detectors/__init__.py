@@ -1,13 +1,18 @@
-"""The detector registry: a new detector is one module here plus one line in `REGISTRY`."""
+"""The detector registry: a new detector is one module here plus one line in `REGISTRY`.
+
+The composed settings (`otel_perf.settings.Settings`) take their detector sections from here, and
+the hosts build their detectors from here: nothing else lists detectors.
+"""
 
 from __future__ import annotations
 
+from otel_perf.processors.config import Section
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.detectors.n_plus_one import NPlusOneDetector, NPlusOneSettings
 from otel_perf.processors.detectors.slow_span import SlowSpanDetector, SlowSpanSettings
 
-# name → (detector class, settings class); `Settings` has one field per name.
-REGISTRY: dict[str, tuple[type, type]] = {
+# name → (detector class, its settings section); the name is the section's key in the settings.
+REGISTRY: dict[str, tuple[type[Detector], type[Section]]] = {
     "n_plus_one": (NPlusOneDetector, NPlusOneSettings),
     "slow_span": (SlowSpanDetector, SlowSpanSettings),
 }

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from otel_perf.processors.findings import Finding
 from otel_perf.processors.tree import SpanNode, TraceShape, TraceTree
 
 
 class Detector(Protocol):
-    """Reads a whole tree and yields findings. Pure: no I/O, no clock (time comes from spans)."""
+    """Reads a whole tree and yields findings. Pure: no I/O, no clock (time comes from spans).
+    Built from its own settings section (see the registry)."""
 
     name: ClassVar[str]
+
+    def __init__(self, settings: Any = None) -> None: ...
 
     def could_match(self, shape: TraceShape) -> bool:
         """False only when this trace certainly holds nothing for this detector (cheap, no nodes)."""

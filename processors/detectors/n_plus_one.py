@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from otel_perf.config import Section
+from otel_perf.processors.config import Section
 from otel_perf.processors.detectors.base import operation_of, short
 from otel_perf.processors.detectors.calls import Signature, echoes_among, signature
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds

@@ -17,7 +17,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from otel_perf.config import Section
+from otel_perf.processors.config import Section
 from otel_perf.processors.detectors.base import operation_of, short
 from otel_perf.processors.detectors.calls import is_echo
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds

@@ -16,6 +16,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # What the test apps need besides otel-perf and its test extra.
 APP_EXTRAS = ("aiosqlite", "asyncpg")
+# `opentelemetry-bootstrap` installs each instrumentation at the installed instrumentation release;
+# the registry here serves the whole 0.66b1 line but not 0.66b2's sqlite3, urllib3, starlette, …
+BOOTSTRAP_FAMILY = ("opentelemetry-sdk==1.45.1", "opentelemetry-instrumentation==0.66b1")
+# The instrumentations the tests rely on bootstrap to add (it exits 0 even when an install fails).
+BOOTSTRAPPED = ("sqlite3", "dbapi", "psycopg", "asyncpg", "urllib3")
 
 _refreshed: set[str] = set()
 
@@ -38,9 +43,12 @@ def user_venv(name: str, *, bootstrap: bool = False) -> Path:
         if not marker.exists():
             _run(sys.executable, "-m", "venv", "--clear", root)
             _run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
-            _run(python, "-m", "pip", "install", "--quiet", f"{REPO}[test]", *APP_EXTRAS)
+            family = BOOTSTRAP_FAMILY if bootstrap else ()
+            _run(python, "-m", "pip", "install", "--quiet", f"{REPO}[test]", *APP_EXTRAS, *family)
             if bootstrap:
                 _run(root / "bin" / "opentelemetry-bootstrap", "-a", "install")
+                modules = ", ".join(f"opentelemetry.instrumentation.{name}" for name in BOOTSTRAPPED)
+                _run(python, "-c", f"import {modules}")
             marker.write_text("ready\n")
         elif name not in _refreshed:
             # This session's code, not the code of the session that built the environment.

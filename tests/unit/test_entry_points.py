@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from otel_perf.processors.analysis import analyze_tree, build_detectors
 from otel_perf.processors.tree import KIND_CLIENT, MISSING_SPAN_NAME, TraceTree
-from otel_perf.settings import Settings
 from tests.unit.builders import http_call, loop, node, server
 
-DETECTORS = build_detectors(Settings.from_env())
+DETECTORS = build_detectors()
 
 
 def _operations(*nodes) -> list[str]:

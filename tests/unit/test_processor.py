@@ -18,6 +18,7 @@ from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFl
 
 from otel_perf.alerting.router import AlertRouter, RouterSettings
 from otel_perf.processors import TraceAnalysisSpanProcessor
+from otel_perf.processors.analysis import build_detectors
 from otel_perf.processors.detectors import NPlusOneDetector, NPlusOneSettings
 from otel_perf.processors.processor import ProcessorSettings
 from otel_perf.settings import Settings
@@ -35,10 +36,10 @@ class Harness:
             processor=ProcessorSettings(**processor),
         )
         self.processor = TraceAnalysisSpanProcessor(
-            settings,
+            settings.processor,
+            detectors=detectors if detectors is not None else build_detectors(settings.detectors),
+            findings=AlertRouter(RouterSettings(), [self.sink]),
             export_processor=SimpleSpanProcessor(self.exporter),
-            router=AlertRouter(RouterSettings(), [self.sink]),
-            detectors=detectors,
         )
         self.provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
         self.provider.add_span_processor(self.processor)

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from otel_perf.alerting.router import Alert, AlertRouter, RouterSettings
+from otel_perf.alerting.alert import Alert
+from otel_perf.alerting.router import AlertRouter, RouterSettings
 from otel_perf.alerting.sinks import FileSink
 from otel_perf.processors.findings import Finding, Severity
 from tests.unit.builders import RecordingSink

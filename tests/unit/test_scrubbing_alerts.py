@@ -7,15 +7,14 @@ from __future__ import annotations
 import json
 import random
 
-from otel_perf.alerting.router import Alert
+from otel_perf.alerting.alert import Alert
 from otel_perf.alerting.sinks import alert_attributes, slack_text
 from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors
 from otel_perf.processors.tree import KIND_CLIENT, TraceTree
-from otel_perf.settings import Settings
 from tests.unit.builders import node, server
 from tests.unit.test_scrubbing import _CORPUS, _leaked, _token
 
-DETECTORS = build_detectors(Settings.from_env())
+DETECTORS = build_detectors()
 REPEATS = 6  # an N+1 (≥ 5) of slow queries (each over the 100 ms threshold): both detectors report
 
 

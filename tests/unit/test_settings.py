@@ -12,14 +12,13 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from otel_perf.config import SettingsError
+from otel_perf.processors.config import SettingsError
 from otel_perf.processors.findings import Severity
 from otel_perf.settings import Settings, documented_variables
 
 
 def _locate(variable: str) -> tuple[str, str, Any]:
-    for section_name, section_info in Settings.model_fields.items():
-        section = section_info.annotation
+    for section_name, section in Settings.sections():
         for field, info in section.model_fields.items():
             if section.env_name(field) == variable:
                 return section_name, field, info
@@ -77,7 +76,7 @@ def test_bad_value_falls_back_to_default_with_one_log_line(
     monkeypatch.setenv(variable, _bad_value(info))
     with caplog.at_level(logging.WARNING):
         settings = Settings.from_env()
-    assert getattr(getattr(settings, section_name), field) == info.get_default(call_default_factory=True)
+    assert getattr(settings.section(section_name), field) == info.get_default(call_default_factory=True)
     naming = [record for record in caplog.records if variable in record.getMessage()]
     assert len(naming) == 1, [record.getMessage() for record in caplog.records]
     assert len(caplog.records) == 1
@@ -116,7 +115,7 @@ def test_out_of_range_values_fall_back(
     monkeypatch.setenv(variable, value)
     with caplog.at_level(logging.WARNING):
         settings = Settings.from_env()
-    assert getattr(getattr(settings, section), field) == default
+    assert getattr(settings.section(section), field) == default
     assert [variable in record.getMessage() for record in caplog.records] == [True]
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env(strict=True)
@@ -132,20 +131,20 @@ def test_good_values_are_read_and_a_bad_neighbour_does_not_spoil_them(
     monkeypatch.setenv("OTEL_PERF_SLOW_SPAN_OVERRIDES", '{"route:/analytics/*": 2000}')
     with caplog.at_level(logging.WARNING):
         settings = Settings.from_env()
-    assert settings.n_plus_one.min_repeats == 7
-    assert settings.n_plus_one.high_ms == 250
+    assert settings.detectors["n_plus_one"].min_repeats == 7
+    assert settings.detectors["n_plus_one"].high_ms == 250
     assert settings.router.min_severity == Severity.HIGH
     assert settings.processor.enabled is False
     assert settings.processor.analyses_in_process is False
-    assert settings.slow_span.overrides == {"route:/analytics/*": 2000}
+    assert settings.detectors["slow_span"].overrides == {"route:/analytics/*": 2000}
     assert len(caplog.records) == 1 and "OTEL_PERF_N_PLUS_ONE_HIGH_MS" in caplog.records[0].getMessage()
 
 
 def test_defaults_without_environment() -> None:
     settings = Settings.from_env(strict=True)
     assert settings.processor.enabled is True
-    assert settings.n_plus_one.min_repeats == 5
-    assert settings.slow_span.db_ms == 100
+    assert settings.detectors["n_plus_one"].min_repeats == 5
+    assert settings.detectors["slow_span"].db_ms == 100
     assert settings.router.min_severity == Severity.LOW
     assert settings.sinks.file is None
 
@@ -155,4 +154,4 @@ def test_sections_passed_in_replace_the_environment(monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setenv("OTEL_PERF_N_PLUS_ONE_MIN_REPEATS", "9")
     settings = Settings.from_env(n_plus_one=NPlusOneSettings(min_repeats=3))
-    assert settings.n_plus_one.min_repeats == 3
+    assert settings.detectors["n_plus_one"].min_repeats == 3
