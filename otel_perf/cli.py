@@ -13,6 +13,9 @@ from rich.console import Console
 from otel_perf import __version__
 
 if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from otel_perf.processors.tree import SpanNode
     from otel_perf.stack.rig import Stack
 
 app = typer.Typer(
@@ -88,7 +91,7 @@ def analyze(
         if len(problems) <= 10:
             stderr.print(f"[yellow]skipped[/] {error}")
 
-    traces = {}
+    traces: dict[int, list[SpanNode]] = {}
     with stderr.status("Reading traces…") as status:
         for path in files:
             status.update(f"Reading {path}…")
@@ -101,7 +104,7 @@ def analyze(
                 raise typer.Exit(2) from None
     spans = sum(len(nodes) for nodes in traces.values())
     stderr.print(f"Read {spans} spans in {len(traces)} traces from {len(files)} file(s).")
-    alerts = []
+    alerts: list[dict[str, object]] = []
     for alert in analyze_traces(traces, settings, dedup=dedup):
         alerts.append(alert.to_json())
         sys.stdout.write(json.dumps(alerts[-1], separators=(",", ":"), default=str) + "\n")
@@ -160,7 +163,7 @@ def rig_up(
     stack = Stack(state_dir or default_state_dir(), analyzers=analyzers)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=stderr, transient=False) as progress:
-        tasks: dict[str, object] = {}
+        tasks: dict[str, TaskID] = {}
 
         def report(name: str, message: str) -> None:
             if name not in tasks:
@@ -234,7 +237,7 @@ def settings(
     """Show every OTEL_PERF_* setting with its effective value (bad values are named on stderr)."""
     from rich.table import Table
 
-    from otel_perf.settings import Settings, documented_variables, markdown_table
+    from otel_perf.settings import Settings, markdown_table
 
     if markdown:
         print(markdown_table())
@@ -244,20 +247,13 @@ def settings(
     ensure_stderr_logging()
     effective = Settings.from_env()
     table = Table("Variable", "Value", "Meaning")
-    for variable, _, description in documented_variables():
-        section_name, field = _locate(effective, variable)
-        value = getattr(getattr(effective, section_name), field)
-        table.add_row(variable, str(getattr(value, "label", value)), description)
+    for section_name, section in Settings.sections():
+        values = effective.section(section_name)
+        for field, info in section.model_fields.items():
+            value = getattr(values, field)
+            shown = str(getattr(value, "label", value))
+            table.add_row(section.env_name(field), shown, info.description or "")
     Console().print(table)
-
-
-def _locate(effective: object, variable: str) -> tuple[str, str]:
-    for section_name, info in type(effective).model_fields.items():
-        section = info.annotation
-        for field in section.model_fields:
-            if section.env_name(field) == variable:
-                return section_name, field
-    raise KeyError(variable)
 
 
 @app.command()

@@ -63,7 +63,7 @@ class Settings(BaseModel):
             for name, section in cls.sections()
         }
         detectors = {name: loaded.pop(name) for name in REGISTRY}
-        return cls(**loaded, detectors=detectors)
+        return cls.model_validate({**loaded, "detectors": detectors})
 
 
 def documented_variables() -> list[tuple[str, str, str]]:

@@ -70,7 +70,7 @@ def _is_alert_trace(tree: TraceTree) -> bool:
     return all(node.name == semconv.ALERT_SPAN_NAME for node in tree.nodes.values())
 
 
-def annotations(findings: Sequence[Finding]) -> dict[int, tuple[str, str, list[str]]]:
+def span_marks(findings: Sequence[Finding]) -> dict[int, tuple[str, str, list[str]]]:
     """span id → (issue type, fingerprint, all issue types) for every flagged span.
 
     Where a span is flagged twice (a slow query inside an N+1), `perf.issue` names the more

@@ -16,9 +16,12 @@ import site
 import sys
 import sysconfig
 from types import CodeType, FrameType
-from typing import Any
+from typing import TYPE_CHECKING
 
 from otel_perf.processors import semconv
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import Span
 
 _LIBRARY, _APPLICATION = 0, 1
 # The frame that runs one step of an asyncio task or callback: a walk up a task's stack ends here.
@@ -62,7 +65,7 @@ class CodeLocator:
             self._kinds[code] = kind
         return kind
 
-    def annotate(self, span: Any) -> None:
+    def annotate(self, span: Span) -> None:
         """Called from the span processor's `on_start` (the offsets below assume that caller)."""
         scope = span.instrumentation_scope
         key = (scope.name if scope is not None else "", span.name)
@@ -70,16 +73,17 @@ class CodeLocator:
         if depths:
             for depth in depths:
                 try:
-                    frame = sys._getframe(depth)
+                    probe = sys._getframe(depth)
                 except ValueError:
                     continue
                 if (
-                    self._kind(frame.f_code) == _APPLICATION
+                    self._kind(probe.f_code) == _APPLICATION
                     and self._kind(sys._getframe(depth - 1).f_code) == _LIBRARY
                 ):
-                    _set_location(span, frame)
+                    _set_location(span, probe)
                     return
-        frame, depth = sys._getframe(1), 1
+        frame: FrameType | None = sys._getframe(1)
+        depth = 1
         while frame is not None and depth < _MAX_DEPTH:
             if frame.f_code is _EVENT_LOOP_STEP:
                 return  # below: whoever started the event loop (`uvicorn.run` in main.py), not this task
@@ -92,9 +96,9 @@ class CodeLocator:
                 return
             frame, depth = frame.f_back, depth + 1
         if frame is None:
-            frame = self._application_frame_beyond_greenlet()
-            if frame is not None:
-                _set_location(span, frame)
+            beyond = self._application_frame_beyond_greenlet()
+            if beyond is not None:
+                _set_location(span, beyond)
 
     def _application_frame_beyond_greenlet(self) -> FrameType | None:
         """Async SQLAlchemy runs the ORM in a greenlet (`greenlet_spawn`), whose stack ends at its
@@ -105,7 +109,7 @@ class CodeLocator:
             return None
         current = greenlet.getcurrent()
         parent = getattr(current, "parent", None)
-        frame = getattr(parent, "gr_frame", None) if parent is not None else None
+        frame: FrameType | None = getattr(parent, "gr_frame", None) if parent is not None else None
         depth = 0
         while frame is not None and depth < _MAX_DEPTH and frame.f_code is not _EVENT_LOOP_STEP:
             if self._kind(frame.f_code) == _APPLICATION:
@@ -114,7 +118,7 @@ class CodeLocator:
         return None
 
 
-def _set_location(span: Any, frame: FrameType) -> None:
+def _set_location(span: Span, frame: FrameType) -> None:
     code = frame.f_code
     span.set_attributes(
         {

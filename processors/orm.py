@@ -18,10 +18,13 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from otel_perf.processors import semconv
 from otel_perf.processors.failsafe import guarded
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import Span
 
 # (relationship, direction), e.g. ("Order.customer", "many_to_one")
 _pending: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar(
@@ -77,7 +80,7 @@ def watch_lazy_loads() -> bool:
         return True
 
 
-def annotate(span: Any) -> None:
+def annotate(span: Span) -> None:
     """On a starting client span: the relationship this execution lazy-loads, if any."""
     pending = _pending.get()
     if pending is not None:

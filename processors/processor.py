@@ -30,7 +30,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.processors import orm, semconv
-from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors, worth_analysing
+from otel_perf.processors.analysis import analyze_tree, build_detectors, span_marks, worth_analysing
 from otel_perf.processors.budget import AnalysisBudget
 from otel_perf.processors.code_location import CodeLocator
 from otel_perf.processors.config import Section
@@ -411,7 +411,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                 tree = TraceTree(trace_id, [node_from_readable(span) for span in spans])
                 findings = analyze_tree(tree, self._detectors)
             if findings and self._downstream:  # annotate only what we alone hand to the exporter
-                marks = annotations(findings)
+                marks = span_marks(findings)
                 for span in spans:
                     mark = marks.get(span.context.span_id)
                     if mark is not None:
@@ -559,12 +559,12 @@ class _ExportQueue:
             or not thread.is_alive()
         ):
             return None
-        length = len(getattr(owner, self._queue))
+        length: int = len(getattr(owner, self._queue))
         if self.stalled:
             if length >= self.batch_size:
                 return None
             self.stalled = False  # it drained: pace again
-        return max(0, self.fill_to - length)
+        return max(0, int(self.fill_to) - length)
 
     def wake(self) -> None:
         """Wake the exporter's worker (as the BSP does itself once a batch is queued)."""

@@ -10,6 +10,10 @@ import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_perf.processors import semconv
@@ -66,7 +70,7 @@ def _int_or_none(value: Any) -> int | None:
 # --- SDK ReadableSpan --------------------------------------------------------------------------
 
 
-def plain_attributes(span: Any) -> Mapping[str, Any]:
+def plain_attributes(span: ReadableSpan) -> Mapping[str, Any]:
     """The ended span's attribute dict itself. The public `attributes` is a read-only proxy over
     a locking mapping, ~20x slower to read, and this runs for every span analysed."""
     bounded = getattr(span, "_attributes", None)
@@ -81,7 +85,7 @@ def _fill_readable(node: SpanNode) -> None:
     fill_from_attributes(node, attributes)
 
 
-def node_from_readable(span: Any) -> SpanNode:
+def node_from_readable(span: ReadableSpan) -> SpanNode:
     """A node from an SDK `ReadableSpan` (SDK span kinds are numbered from 0, OTLP's from 1);
     attributes are read when first needed."""
     parent = span.parent
@@ -93,9 +97,9 @@ def node_from_readable(span: Any) -> SpanNode:
         span.kind.value + 1,
         span.start_time or 0,
         span.end_time or span.start_time or 0,
-        resource_attributes.get("service.name", "unknown_service"),
+        str(resource_attributes.get("service.name", "unknown_service")),
         is_error=span.status.status_code.value == _STATUS_ERROR,
-        service_version=resource_attributes.get("service.version"),
+        service_version=_str_or_none(resource_attributes.get("service.version")),
         scope=span.instrumentation_scope.name if span.instrumentation_scope is not None else "",
         filler=_fill_readable,
     )
@@ -106,7 +110,7 @@ def node_from_readable(span: Any) -> SpanNode:
 # --- OTLP protobuf -------------------------------------------------------------------------------
 
 
-def any_value(value: Any) -> Any:
+def any_value(value: AnyValue) -> Any:
     """Python value of an OTLP protobuf `AnyValue`."""
     field = value.WhichOneof("value")
     if field is None:
@@ -118,7 +122,7 @@ def any_value(value: Any) -> Any:
     return getattr(value, field)
 
 
-def _proto_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
+def _proto_attributes(key_values: Iterable[KeyValue]) -> dict[str, Any]:
     """Only the keys detectors read, converted inline: attribute conversion dominates the
     analyzer's cost per span (each key and value access builds a Python object)."""
     interesting = semconv.INTERESTING_KEYS
@@ -135,7 +139,7 @@ def _proto_attributes(key_values: Iterable[Any]) -> dict[str, Any]:
     return out
 
 
-def _resource_identity(attributes: Iterable[Any]) -> tuple[str, str | None]:
+def _resource_identity(attributes: Iterable[KeyValue]) -> tuple[str, str | None]:
     service, version = "unknown_service", None
     for kv in attributes:
         if kv.key == "service.name":
@@ -146,10 +150,10 @@ def _resource_identity(attributes: Iterable[Any]) -> tuple[str, str | None]:
 
 
 # (span message, service.name, service.version, instrumentation scope name)
-ProtoSpan = tuple[Any, str, "str | None", str]
+ProtoSpan = tuple[Span, str, "str | None", str]
 
 
-def spans_from_proto(request: Any) -> dict[int, list[ProtoSpan]]:
+def spans_from_proto(request: ExportTraceServiceRequest | TracesData) -> dict[int, list[ProtoSpan]]:
     """The spans of an `ExportTraceServiceRequest` (or `TracesData`) by trace id, validated:
     ids of the wrong length raise `OtlpFormatError` (the whole request is refused)."""
     traces: dict[bytes, list[ProtoSpan]] = {}
@@ -177,7 +181,7 @@ def _fill_proto(node: SpanNode) -> None:
         fill_from_attributes(node, attributes)
 
 
-def node_from_proto(span: Any, service: str, version: str | None, scope: str = "") -> SpanNode:
+def node_from_proto(span: Span, service: str, version: str | None, scope: str = "") -> SpanNode:
     """A node from an OTLP protobuf span; attributes are read when first needed."""
     parent_id = span.parent_span_id
     node = SpanNode(
@@ -197,7 +201,7 @@ def node_from_proto(span: Any, service: str, version: str | None, scope: str = "
     return node
 
 
-def nodes_from_proto(request: Any) -> Iterator[tuple[int, SpanNode]]:
+def nodes_from_proto(request: ExportTraceServiceRequest | TracesData) -> Iterator[tuple[int, SpanNode]]:
     """(trace_id, node) for every span of an `ExportTraceServiceRequest` (or `TracesData`)."""
     for trace_id, spans in spans_from_proto(request).items():
         for span, service, version, scope in spans:
@@ -220,7 +224,7 @@ def shape_of_proto(spans: Iterable[ProtoSpan]) -> TraceShape:
     return TraceShape(count, max(siblings.values(), default=0), longest)
 
 
-def shape_of_readable(spans: Iterable[Any]) -> TraceShape:
+def shape_of_readable(spans: Iterable[ReadableSpan]) -> TraceShape:
     siblings: dict[int, int] = {}
     longest = 0
     count = 0

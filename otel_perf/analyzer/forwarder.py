@@ -85,7 +85,7 @@ class Forwarder:
         self.endpoint = endpoint
         self._timeout = timeout_s
         self._channel = grpc.insecure_channel(endpoint)
-        self._stub = TraceServiceStub(self._channel)
+        self._stub = TraceServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated code
         self._queue: queue.Queue[Any] = queue.Queue(queue_size)
         self.sent = 0
         self.failed_attempts = 0

@@ -27,7 +27,7 @@ from otel_perf.alerting.router import AlertRouter
 from otel_perf.analyzer.otlp_codec import BadRequest
 from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.processors import semconv
-from otel_perf.processors.analysis import analyze_tree, annotations, worth_analysing
+from otel_perf.processors.analysis import analyze_tree, span_marks, worth_analysing
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.findings import Finding, Severity
 from otel_perf.processors.sources import (
@@ -255,7 +255,7 @@ class AnalysisPipeline:
 
 def _annotate(tree: TraceTree, findings: list[Finding]) -> None:
     """Add `perf.issue` attributes to the flagged spans, in the protobuf messages themselves."""
-    for span_id, (issue, fingerprint, issues) in annotations(findings).items():
+    for span_id, (issue, fingerprint, issues) in span_marks(findings).items():
         node = tree.nodes.get(span_id)
         if node is None or node.source is None:
             continue

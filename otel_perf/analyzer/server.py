@@ -137,7 +137,8 @@ class Analyzer:
     def _grpc_handler(self, export: Any) -> Any:
         def handle(payload: bytes, context: grpc.ServicerContext) -> bytes:
             try:
-                return export(payload).SerializeToString()
+                reply: bytes = export(payload).SerializeToString()
+                return reply
             except BadRequest as error:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except RequestTooLarge as error:
@@ -364,14 +365,14 @@ class _StatsCollector:
             ),
         }
         for name, (documentation, value) in gauges.items():
-            family = GaugeMetricFamily(name, documentation)
-            family.add_metric([], value)
-            yield family
-        failures = CounterMetricFamily(
+            gauge = GaugeMetricFamily(name, documentation)
+            gauge.add_metric([], value)
+            yield gauge
+        failed = CounterMetricFamily(
             "otel_perf_analyzer_sink_failures", "Failed alert deliveries.", labels=["sink"]
         )
         for sink, count in router.sink_failures.items():
-            failures.add_metric([sink], count)
-        yield failures
+            failed.add_metric([sink], count)
+        yield failed
 
 

@@ -65,7 +65,7 @@ class OtelPerfConfigurator(_OTelSDKConfigurator):
 
             kwargs["span_processors"] = [processor, *(kwargs.get("span_processors") or ())]
             kwargs["export_span_processor"] = export_after_analysis
-        super()._configure(**kwargs)
+        super()._configure(**kwargs)  # type: ignore[no-untyped-call]  # the SDK's, untyped
         if processor is not None and router is not None:
             register_self_metrics(processor.stats, router.stats)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from opentelemetry.instrumentation.distro import BaseDistro
+from opentelemetry.instrumentation.distro import BaseDistro  # type: ignore[attr-defined]  # (upstream: "type: ignore")
 
 from otel_perf.bootstrap.checks import warn_about_skipped_instrumentations
 from otel_perf.log_setup import ensure_stderr_logging
@@ -18,7 +18,7 @@ OTLP_DEFAULTS = {
 }
 
 
-class OtelPerfDistro(BaseDistro):
+class OtelPerfDistro(BaseDistro):  # type: ignore[misc]  # BaseDistro is untyped upstream
     """Selected by the launcher as the first `opentelemetry_distro` entry point, or by
     `OTEL_PYTHON_DISTRO=otel_perf` when `opentelemetry-distro` is installed too."""
 

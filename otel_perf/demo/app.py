@@ -116,7 +116,7 @@ def dashboard() -> dict[str, object]:
                 select(Item.sku, func.sum(Item.quantity))
                 .group_by(Item.sku)
                 .order_by(func.sum(Item.quantity).desc())
-            ).first()[0],
+            ).scalar(),
         }
 
 

@@ -60,7 +60,8 @@ class DemoResult:
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def instrument_command(script: str) -> list[str]:

@@ -170,7 +170,7 @@ def _cached_name(name: Binary) -> str:
 def _check_name(name: str) -> Binary:
     if name not in BINARIES:
         raise ToolchainError(f"unknown binary {name!r}: expected one of {', '.join(BINARIES)}")
-    return name  # type: ignore[return-value]
+    return name
 
 
 def _override(name: Binary) -> Path | None:

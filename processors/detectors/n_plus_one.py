@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator
+from typing import ClassVar
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -71,7 +72,7 @@ def is_sequential(members: list[SpanNode], max_overlap: float) -> bool:
 
 
 class NPlusOneDetector:
-    name = "n_plus_one"
+    name: ClassVar[str] = "n_plus_one"
 
     def __init__(self, settings: NPlusOneSettings | None = None) -> None:
         self.settings = settings or NPlusOneSettings()

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Iterator
 from fnmatch import translate
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
@@ -76,7 +76,7 @@ class SlowSpanSettings(Section):
 
 
 class SlowSpanDetector:
-    name = "slow_span"
+    name: ClassVar[str] = "slow_span"
 
     def __init__(self, settings: SlowSpanSettings | None = None) -> None:
         self.settings = settings or SlowSpanSettings()

@@ -9,7 +9,7 @@ import random
 
 from otel_perf.alerting.alert import Alert
 from otel_perf.alerting.sinks import alert_attributes, slack_text
-from otel_perf.processors.analysis import analyze_tree, annotations, build_detectors
+from otel_perf.processors.analysis import analyze_tree, build_detectors, span_marks
 from otel_perf.processors.tree import KIND_CLIENT, TraceTree
 from tests.unit.builders import node, server
 from tests.unit.test_scrubbing import _CORPUS, _leaked, _token
@@ -33,7 +33,7 @@ def _outgoing(findings: list) -> str:
         alert = Alert(finding)
         parts += [_without_ids(alert.to_json()), slack_text(alert), finding.alert_name.rsplit(" #", 1)[0]]
         parts.append(_without_ids(alert_attributes(alert)))
-    parts += [issue for issue, _, _ in annotations(findings).values()]
+    parts += [issue for issue, _, _ in span_marks(findings).values()]
     return "\n".join(parts)
 
 
