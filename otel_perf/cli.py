@@ -47,7 +47,8 @@ def demo(
     rounds: Annotated[int, typer.Option(help="How many times each endpoint is requested.")] = 3,
 ) -> None:
     """Run the bundled FastAPI + SQLAlchemy shop under opentelemetry-instrument and show what was found."""
-    from otel_perf.demo.runner import DemoError, print_result, run_demo
+    from otel_perf.demo.runner import print_result, run_demo
+    from otel_perf.errors import DemoError
 
     console = Console()
     try:
@@ -73,9 +74,8 @@ def analyze(
     summary: Annotated[bool, typer.Option(help="Print a table of the alerts on stderr at the end.")] = True,
 ) -> None:
     """Analyse exported traces: alerts as JSON lines on stdout, progress on stderr."""
+    from otel_perf.errors import OtlpFormatError, SettingsError
     from otel_perf.offline import analyze_traces, read_traces
-    from otel_perf.processors.config import SettingsError
-    from otel_perf.processors.sources import OtlpFormatError
     from otel_perf.render import alerts_table
     from otel_perf.settings import Settings
 
@@ -157,8 +157,8 @@ def rig_up(
     Alertmanager 9093)."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from otel_perf.stack.rig import RigError, Stack, default_state_dir
-    from otel_perf.stack.toolchain import ToolchainError
+    from otel_perf.errors import RigError, ToolchainError
+    from otel_perf.stack.rig import Stack, default_state_dir
 
     stack = Stack(state_dir or default_state_dir(), analyzers=analyzers)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())

@@ -13,7 +13,8 @@ from typing import IO
 from otel_perf.alerting.alert import Alert
 from otel_perf.alerting.router import AlertRouter
 from otel_perf.processors.analysis import analyze_tree, build_detectors
-from otel_perf.processors.sources import OtlpFormatError, read_json_lines
+from otel_perf.processors.errors import OtlpFormatError
+from otel_perf.processors.sources import read_json_lines
 from otel_perf.processors.tree import SpanNode, TraceTree
 from otel_perf.settings import Settings
 

@@ -60,9 +60,9 @@ def analyze_tree(tree: TraceTree, detectors: Sequence[Detector], source: str = "
 def _has_genuine_entry(tree: TraceTree, finding: Finding) -> bool:
     """Every alert names a real entry point of its trace: findings under a missing parent (a
     trace fragment) are dropped rather than filed under an operation that does not exist."""
-    if not finding.flagged:
+    if not finding.offending:
         return True
-    node = tree.nodes.get(finding.flagged[0])
+    node = tree.nodes.get(finding.offending[0])
     return node is None or tree.is_genuine_entry(tree.entry_span(node))
 
 
@@ -78,7 +78,7 @@ def span_marks(findings: Sequence[Finding]) -> dict[int, tuple[str, str, list[st
     """
     marks: dict[int, tuple[str, str, list[str]]] = {}
     for finding in sorted(findings, key=lambda each: -each.severity):
-        for span_id in finding.flagged:
+        for span_id in finding.offending:
             current = marks.get(span_id)
             if current is None:
                 marks[span_id] = (finding.type, finding.fingerprint, [finding.type])

@@ -14,13 +14,11 @@ from typing import Any, TypeVar
 from pydantic import ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from otel_perf.processors.errors import SettingsError
+
 logger = logging.getLogger("otel_perf.settings")
 
 SectionT = TypeVar("SectionT", bound="Section")
-
-
-class SettingsError(ValueError):
-    """An `OTEL_PERF_*` value that cannot be used; the message names the variable."""
 
 
 class Section(BaseSettings):

@@ -42,10 +42,16 @@ class Severity(enum.IntEnum):
         return Severity(max(Severity.LOW, self - steps))
 
 
+# Part of every fingerprint: a change of what goes into one (the parts, the normaliser's templates)
+# is a new version, so an old fingerprint is never silently matched against a new recipe.
+FINGERPRINT_VERSION = 1
+
+
 def fingerprint(*parts: object) -> str:
-    """Stable across processes, hosts and restarts: a hash of what makes two findings the same issue."""
+    """Stable across processes, hosts and restarts: a hash of what makes two findings the same issue,
+    behind the recipe's version (`1-3f9a…`)."""
     digest = hashlib.sha256("\x1f".join(str(part) for part in parts).encode()).hexdigest()
-    return digest[:16]
+    return f"{FINGERPRINT_VERSION}-{digest[:16]}"
 
 
 def severity_by_thresholds(value: float, medium: float, high: float, critical: float) -> Severity:
@@ -68,16 +74,22 @@ class Finding:
     title: str
     fingerprint: str
     trace_id: str | None = None
-    span_ids: list[str] = field(default_factory=list)
+    # The spans by role: the offending ones (the repeats, the slow span; annotated with
+    # `perf.issue`, `span_ids` in the JSON), the span they ran under, and the trace's root (under
+    # which the alert span is created).
+    offending: list[int] = field(default_factory=list)
+    parent_span_id: int | None = None
+    root_span_id: int | None = field(default=None, repr=False)
     details: dict[str, Any] = field(default_factory=dict)
     time_ns: int = 0
     source: str = "in_process"
     # A stable short description (no counts or durations): what Alertmanager groups by.
     summary: str = ""
-    # Not part of the JSON: span ids (ints) to annotate with `perf.issue`, and the trace's root,
-    # under which the alert span is created.
-    flagged: list[int] = field(default_factory=list, repr=False)
-    root_span_id: int | None = field(default=None, repr=False)
+
+    @property
+    def span_ids(self) -> list[str]:
+        """The offending spans' ids as in OTLP/JSON and Jaeger (16 hex characters)."""
+        return [f"{span_id:016x}" for span_id in self.offending]
 
     @property
     def alert_name(self) -> str:
@@ -85,7 +97,8 @@ class Finding:
         summary = self.summary or self.title
         if len(summary) > 100:
             summary = summary[:99] + "…"
-        return f"{self.type} {self.operation}: {summary} #{self.fingerprint[:8]}"
+        short_hash = self.fingerprint.rpartition("-")[2][:8]
+        return f"{self.type} {self.operation}: {summary} #{short_hash}"
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {

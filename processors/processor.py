@@ -483,7 +483,7 @@ def _annotate(span: ReadableSpan, mark: tuple[str, str, list[str]]) -> None:
     attributes[semconv.PERF_ISSUE] = issue
     attributes[semconv.PERF_FINGERPRINT] = fingerprint
     if len(issues) > 1:
-        attributes["perf.issues"] = tuple(issues)
+        attributes[semconv.PERF_ISSUES] = tuple(issues)
 
 
 def _emit(downstream: SpanProcessor, spans: Sequence[ReadableSpan], start: int, end: int) -> None:

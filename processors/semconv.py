@@ -25,9 +25,17 @@ CODE_FILE = ("code.file.path", "code.filepath")
 CODE_LINE = ("code.line.number", "code.lineno")
 CODE_FUNCTION = ("code.function.name", "code.function")
 
-# Attributes otel-perf adds.
+# Resource attributes.
+SERVICE_NAME = "service.name"
+SERVICE_VERSION = "service.version"
+
+# Attributes otel-perf adds: on flagged spans, on alert spans and log records.
 PERF_ISSUE = "perf.issue"
+PERF_ISSUES = "perf.issues"  # every finding type of a span flagged more than once (a string array)
 PERF_FINGERPRINT = "perf.issue.fingerprint"
+PERF_SEVERITY = "perf.severity"
+ALERT_JSON = "alert.json"  # the whole alert, on its log record
+ALERT_DETAILS_PREFIX = "details."  # `details.count`, `details.code_location.line`, …
 PERF_ORM_LAZY_LOAD = "perf.orm.lazy_load"
 PERF_ORM_LAZY_LOAD_DIRECTION = "perf.orm.lazy_load.direction"  # many_to_one, one_to_many, many_to_many
 ALERT_SPAN_NAME = "perf.alert"

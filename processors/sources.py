@@ -1,4 +1,5 @@
-"""Build `SpanNode`s from the three shapes spans arrive in: SDK `ReadableSpan`, OTLP protobuf, OTLP JSON.
+"""Build `SpanNode`s from the shapes spans arrive in: SDK `ReadableSpan` and OTLP protobuf (OTLP JSON
+is decoded to protobuf first, `processors.otlp`).
 
 Each adapter extracts the fields detectors read (`processors.semconv`) once, so detectors stay
 ignorant of where a span came from.
@@ -6,7 +7,6 @@ ignorant of where a span came from.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -17,14 +17,12 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from otel_perf.processors import semconv
+from otel_perf.processors.errors import OtlpFormatError
+from otel_perf.processors.otlp import message_from_json, parse_json
 from otel_perf.processors.tree import KIND_CLIENT, SpanNode, TraceShape
 
 _STATUS_ERROR = 2
 _SDK_CLIENT = SpanKind.CLIENT
-
-
-class OtlpFormatError(ValueError):
-    """A payload that is not OTLP (bad JSON, wrong shape, ids of the wrong length)."""
 
 
 _INT_FIELDS = ("http_status", "code_line")
@@ -97,9 +95,9 @@ def node_from_readable(span: ReadableSpan) -> SpanNode:
         span.kind.value + 1,
         span.start_time or 0,
         span.end_time or span.start_time or 0,
-        str(resource_attributes.get("service.name", "unknown_service")),
+        str(resource_attributes.get(semconv.SERVICE_NAME, "unknown_service")),
         is_error=span.status.status_code.value == _STATUS_ERROR,
-        service_version=_str_or_none(resource_attributes.get("service.version")),
+        service_version=_str_or_none(resource_attributes.get(semconv.SERVICE_VERSION)),
         scope=span.instrumentation_scope.name if span.instrumentation_scope is not None else "",
         filler=_fill_readable,
     )
@@ -142,9 +140,9 @@ def _proto_attributes(key_values: Iterable[KeyValue]) -> dict[str, Any]:
 def _resource_identity(attributes: Iterable[KeyValue]) -> tuple[str, str | None]:
     service, version = "unknown_service", None
     for kv in attributes:
-        if kv.key == "service.name":
+        if kv.key == semconv.SERVICE_NAME:
             service = kv.value.string_value or service
-        elif kv.key == "service.version":
+        elif kv.key == semconv.SERVICE_VERSION:
             version = kv.value.string_value or None
     return service, version
 
@@ -239,99 +237,15 @@ def shape_of_readable(spans: Iterable[ReadableSpan]) -> TraceShape:
     return TraceShape(count, max(siblings.values(), default=0), longest)
 
 
-# --- OTLP JSON -----------------------------------------------------------------------------------
-
-_JSON_VALUE_FIELDS = ("stringValue", "intValue", "doubleValue", "boolValue", "bytesValue")
-
-
-def json_any_value(value: Mapping[str, Any]) -> Any:
-    """Python value of an OTLP JSON `AnyValue` (int64 arrives as a string)."""
-    for field in _JSON_VALUE_FIELDS:
-        if field in value:
-            raw = value[field]
-            return int(raw) if field == "intValue" else raw
-    if "arrayValue" in value:
-        return [json_any_value(item) for item in value["arrayValue"].get("values", [])]
-    if "kvlistValue" in value:
-        return {
-            kv["key"]: json_any_value(kv.get("value", {})) for kv in value["kvlistValue"].get("values", [])
-        }
-    return None
-
-
-def json_attributes(key_values: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    return {kv["key"]: json_any_value(kv.get("value") or {}) for kv in key_values}
-
-
-def _hex_id(value: Any, length: int, what: str) -> int | None:
-    if not value:
-        return None
-    if not isinstance(value, str) or len(value) != length:
-        raise OtlpFormatError(f"{what} must be {length} hex characters, got {value!r}")
-    try:
-        return int(value, 16)
-    except ValueError:
-        raise OtlpFormatError(f"{what} is not hex: {value!r}") from None
-
-
-_KIND_NAMES_JSON = {
-    "SPAN_KIND_UNSPECIFIED": 0,
-    "SPAN_KIND_INTERNAL": 1,
-    "SPAN_KIND_SERVER": 2,
-    "SPAN_KIND_CLIENT": 3,
-    "SPAN_KIND_PRODUCER": 4,
-    "SPAN_KIND_CONSUMER": 5,
-}
-
-
-def nodes_from_json(document: Mapping[str, Any]) -> Iterator[tuple[int, SpanNode]]:
-    """(trace_id, node) for every span of an OTLP JSON `TracesData` object (hex ids, as written
-    by the collector's file exporter and accepted by OTLP/HTTP JSON)."""
-    if not isinstance(document, Mapping) or not isinstance(document.get("resourceSpans", []), list):
-        raise OtlpFormatError("expected an object with a 'resourceSpans' list")
-    for resource_spans in document.get("resourceSpans", []):
-        resource = json_attributes((resource_spans.get("resource") or {}).get("attributes", []))
-        service = str(resource.get("service.name") or "unknown_service")
-        version = resource.get("service.version")
-        for scope_spans in resource_spans.get("scopeSpans", []):
-            scope = str((scope_spans.get("scope") or {}).get("name", ""))
-            for span in scope_spans.get("spans", []):
-                trace_id = _hex_id(span.get("traceId"), 32, "traceId")
-                span_id = _hex_id(span.get("spanId"), 16, "spanId")
-                if trace_id is None or span_id is None:
-                    raise OtlpFormatError(f"span {span.get('name')!r} has no traceId or spanId")
-                kind = span.get("kind", 0)
-                attributes = json_attributes(span.get("attributes", []))
-                node = SpanNode(
-                    span_id,
-                    _hex_id(span.get("parentSpanId"), 16, "parentSpanId"),
-                    str(span.get("name", "")),
-                    _KIND_NAMES_JSON.get(kind, 0) if isinstance(kind, str) else int(kind),
-                    int(span.get("startTimeUnixNano", 0)),
-                    int(span.get("endTimeUnixNano", 0)),
-                    service,
-                    is_error=_json_status_code(span.get("status")) == _STATUS_ERROR,
-                    attributes=attributes,
-                    service_version=str(version) if version is not None else None,
-                    scope=scope,
-                )
-                fill_from_attributes(node, attributes)
-                node.source = span
-                yield trace_id, node
-
-
-def _json_status_code(status: Any) -> int:
-    code = (status or {}).get("code", 0)
-    if isinstance(code, str):
-        return {"STATUS_CODE_UNSET": 0, "STATUS_CODE_OK": 1, "STATUS_CODE_ERROR": 2}.get(code, 0)
-    return int(code)
+# --- OTLP JSON: through the protobuf path ------------------------------------------------------
 
 
 def read_json_lines(
     lines: Iterable[str], on_error: Callable[[OtlpFormatError], None] | None = None
 ) -> Iterator[tuple[int, SpanNode]]:
-    """Nodes from OTLP JSON lines (one `TracesData` per line; blank lines and lines without
-    `resourceSpans`, e.g. metrics or logs from the same file exporter, are skipped).
+    """Nodes from OTLP JSON lines (one `TracesData` per line, as the collector's file exporter writes;
+    blank lines and lines without `resourceSpans`, e.g. metrics or logs from the same exporter, are
+    skipped). Each line is decoded exactly as the analyzer decodes an OTLP/JSON request.
 
     A malformed line raises `OtlpFormatError` naming its line number, or, with `on_error`, is
     reported there and skipped so the rest of the file is still read.
@@ -341,24 +255,15 @@ def read_json_lines(
         if not text:
             continue
         try:
-            try:
-                document = json.loads(text)
-            except json.JSONDecodeError as error:
-                raise OtlpFormatError(
-                    f"line {number}: not JSON ({error.msg} at column {error.colno})"
-                ) from None
-            if not isinstance(document, dict) or "resourceSpans" not in document:
+            document = parse_json(text)
+            if "resourceSpans" not in document:
                 continue
-            try:
-                # Materialise the line first: a bad span must not leave half a line behind.
-                nodes = list(nodes_from_json(document))
-            except OtlpFormatError as error:
-                raise OtlpFormatError(f"line {number}: {error}") from None
-            except (TypeError, ValueError, AttributeError, KeyError) as error:
-                raise OtlpFormatError(f"line {number}: malformed span ({error})") from None
+            # Materialise the line first: a bad span must not leave half a line behind.
+            nodes = list(nodes_from_proto(message_from_json(document, TracesData())))
         except OtlpFormatError as error:
+            named = OtlpFormatError(f"line {number}: {error}")
             if on_error is None:
-                raise
-            on_error(error)
+                raise named from None
+            on_error(named)
             continue
         yield from nodes

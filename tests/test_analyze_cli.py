@@ -140,3 +140,44 @@ def test_analyze_names_a_missing_file_and_a_bad_setting(tmp_path: Path) -> None:
         env={**os.environ, "OTEL_PERF_SLOW_SPAN_DB_MS": "-5"},
     )
     assert bad.returncode == 2 and "OTEL_PERF_SLOW_SPAN_DB_MS='-5' is invalid" in bad.stderr
+
+
+def test_analyze_and_the_analyzer_agree_on_the_same_file(tmp_path: Path) -> None:
+    """One decoding path: the lines `otel-perf analyze` reads, posted as OTLP/JSON to a running
+    analyzer, give the same alerts (but for where they came from)."""
+    import time
+
+    import httpx
+
+    from benchmarks.processes import analyzer
+    from tests.support.apps import free_port, wait_until
+
+    now = time.time_ns()
+    path = _export_file(tmp_path, [now - 60 * 10**9, now - 30 * 10**9])
+    offline = _alerts(_analyze(str(path)).stdout)
+    assert {alert["type"] for alert in offline} == {"n_plus_one", "slow_span"}
+
+    alerts_file = tmp_path / "analyzer-alerts.jsonl"
+    with analyzer(tmp_path, free_port(), OTEL_PERF_ALERTS_OTLP="false") as (_, http_port, _process):
+        for line in path.read_text().splitlines():
+            response = httpx.post(
+                f"http://127.0.0.1:{http_port}/v1/traces",
+                content=line,
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+        wait_until(
+            lambda: alerts_file.exists() and len(alerts_file.read_text().splitlines()) >= len(offline),
+            what="the analyzer's alerts",
+        )
+        time.sleep(0.5)  # nothing more arrives
+        live = _alerts(alerts_file.read_text())
+
+    def comparable(alerts: list[dict]) -> list[dict]:
+        return sorted(
+            ({key: value for key, value in alert.items() if key != "source"} for alert in alerts),
+            key=lambda alert: alert["fingerprint"],
+        )
+
+    assert comparable(live) == comparable(offline)

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from otel_perf.errors import ToolchainError
 from otel_perf.stack import toolchain
-from otel_perf.stack.toolchain import ToolchainError
 
 CORE = "go.opentelemetry.io/collector"
 CONTRIB = "github.com/open-telemetry/opentelemetry-collector-contrib"

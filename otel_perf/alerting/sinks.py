@@ -21,6 +21,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.alerting.alert import Alert, Sink
+from otel_perf.errors import WebhookError
 from otel_perf.processors import semconv
 from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Severity
@@ -168,10 +169,6 @@ class WebhookSink:
         pass
 
 
-class WebhookError(RuntimeError):
-    """Delivery to the webhook failed (the message never contains the URL)."""
-
-
 class ConsoleSink:
     name = "console"
 
@@ -209,7 +206,7 @@ def alert_attributes(alert: Alert) -> dict[str, Any]:
     finding = alert.finding
     attributes: dict[str, Any] = {
         semconv.PERF_ISSUE: finding.type,
-        "perf.severity": finding.severity.label,
+        semconv.PERF_SEVERITY: finding.severity.label,
         semconv.PERF_FINGERPRINT: finding.fingerprint,
         "title": finding.title,
         "service": finding.service,
@@ -223,11 +220,11 @@ def alert_attributes(alert: Alert) -> dict[str, Any]:
         attributes["span_ids"] = ",".join(finding.span_ids[:20])
     for key, value in finding.details.items():
         if isinstance(value, (str, bool, int, float)):
-            attributes[f"details.{key}"] = value
+            attributes[f"{semconv.ALERT_DETAILS_PREFIX}{key}"] = value
         elif isinstance(value, dict):
             for inner_key, inner in value.items():
                 if isinstance(inner, (str, bool, int, float)):
-                    attributes[f"details.{key}.{inner_key}"] = inner
+                    attributes[f"{semconv.ALERT_DETAILS_PREFIX}{key}.{inner_key}"] = inner
     return attributes
 
 
@@ -270,7 +267,7 @@ class OtlpSink:
             semconv.ALERT_SPAN_NAME,
             context=context,
             kind=SpanKind.INTERNAL,
-            attributes={semconv.PERF_ISSUE: finding.type, "perf.severity": finding.severity.label},
+            attributes={semconv.PERF_ISSUE: finding.type, semconv.PERF_SEVERITY: finding.severity.label},
             start_time=timestamp,
         )
         span.add_event(finding.alert_name, attributes=attributes, timestamp=timestamp)
@@ -282,7 +279,7 @@ class OtlpSink:
             severity_number=SeverityNumber(_LOG_SEVERITY[finding.severity]),
             severity_text=finding.severity.label.upper(),
             body=finding.title,
-            attributes={**attributes, "alert.json": json.dumps(alert.to_json(), default=str)},
+            attributes={**attributes, semconv.ALERT_JSON: json.dumps(alert.to_json(), default=str)},
             event_name=semconv.ALERT_SPAN_NAME,
         )
 

@@ -21,17 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 
 from otel_perf.alerting.router import AlertRouter
-from otel_perf.analyzer.otlp_codec import BadRequest
 from otel_perf.analyzer.settings import AnalyzerSettings
+from otel_perf.errors import OtlpFormatError, Unavailable
 from otel_perf.processors import semconv
 from otel_perf.processors.analysis import analyze_tree, span_marks, worth_analysing
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.findings import Finding, Severity
 from otel_perf.processors.sources import (
-    OtlpFormatError,
     ProtoSpan,
     node_from_proto,
     shape_of_proto,
@@ -40,10 +39,6 @@ from otel_perf.processors.sources import (
 from otel_perf.processors.tree import TraceTree
 
 logger = logging.getLogger("otel_perf.analyzer")
-
-
-class Unavailable(RuntimeError):
-    """The way back to the collector is full: answered UNAVAILABLE/503 so the sender retries."""
 
 
 class Forward(Protocol):
@@ -119,16 +114,16 @@ class AnalysisPipeline:
     # --- ingestion (receiver threads) -------------------------------------------------------------
 
     def ingest(self, message: Any) -> None:
-        """Accept one `ExportTraceServiceRequest`. Raises `BadRequest` (malformed, not retryable)
-        or `Unavailable` (retry later); otherwise the request will be forwarded."""
+        """Accept one `ExportTraceServiceRequest`. Raises `OtlpFormatError` (malformed, not
+        retryable) or `Unavailable` (retry later); otherwise the request will be forwarded."""
         if self._forward.full():
             self.stats.rejected_unavailable += 1
             raise Unavailable("the export queue back to the collector is full")
         try:
             traces = spans_from_proto(message)
-        except OtlpFormatError as error:
+        except OtlpFormatError:
             self.stats.rejected_bad_request += 1
-            raise BadRequest(str(error)) from None
+            raise
         count = sum(len(spans) for spans in traces.values())
         self.stats.requests += 1
         self.stats.spans_received += count
@@ -228,7 +223,7 @@ class AnalysisPipeline:
                 values = {kv.key: kv.value.string_value for kv in event.attributes}
                 fingerprint = values.get(semconv.PERF_FINGERPRINT)
                 if fingerprint:
-                    severity = Severity.parse(values.get("perf.severity") or "low")
+                    severity = Severity.parse(values.get(semconv.PERF_SEVERITY) or "low")
                     self.router.remember(
                         fingerprint, event.time_unix_nano or span.end_time_unix_nano, severity
                     )
@@ -238,7 +233,7 @@ class AnalysisPipeline:
         if not self._skip_marked:
             return False
         marked = all(
-            tree.nodes[span_id].perf_fingerprint == finding.fingerprint for span_id in finding.flagged
+            tree.nodes[span_id].perf_fingerprint == finding.fingerprint for span_id in finding.offending
         )
         self.stats.findings_already_alerted += marked
         return marked
@@ -266,5 +261,6 @@ def _annotate(tree: TraceTree, findings: list[Finding]) -> None:
             attributes.append(
                 KeyValue(key=semconv.PERF_FINGERPRINT, value=AnyValue(string_value=fingerprint))
             )
-        if len(issues) > 1 and "perf.issues" not in present:
-            attributes.append(KeyValue(key="perf.issues", value=AnyValue(string_value=",".join(issues))))
+        if len(issues) > 1 and semconv.PERF_ISSUES not in present:
+            listed = ArrayValue(values=[AnyValue(string_value=issue) for issue in issues])
+            attributes.append(KeyValue(key=semconv.PERF_ISSUES, value=AnyValue(array_value=listed)))

@@ -43,9 +43,11 @@ from starlette.routing import Route
 from otel_perf.alerting.router import AlertRouter, RouterSettings
 from otel_perf.alerting.sinks import OtlpSink, SinkSettings, build_sinks
 from otel_perf.analyzer.forwarder import Forwarder
-from otel_perf.analyzer.otlp_codec import JSON, PROTOBUF, BadRequest, UnsupportedMediaType, decode
-from otel_perf.analyzer.pipeline import AnalysisPipeline, Unavailable
+from otel_perf.analyzer.otlp_codec import JSON, PROTOBUF, decode
+from otel_perf.analyzer.pipeline import AnalysisPipeline
 from otel_perf.analyzer.settings import AnalyzerSettings
+from otel_perf.errors import OtlpFormatError, RequestTooLarge, Unavailable, UnsupportedMediaType
+from otel_perf.processors import semconv
 from otel_perf.processors.detectors.base import Detector
 
 logger = logging.getLogger("otel_perf.analyzer")
@@ -87,7 +89,7 @@ class Analyzer:
         """Each part gets its own settings; `analyses`/`skip_marked` as in `AnalysisPipeline`."""
         self.config = config
         self.forwarder = Forwarder(config.export_endpoint, config.export_queue_size, config.export_timeout_s)
-        resource = Resource.create({"service.name": "otel-perf-analyzer"})
+        resource = Resource.create({semconv.SERVICE_NAME: "otel-perf-analyzer"})
         self.tracer_provider = TracerProvider(resource=resource)
         self.tracer_provider.add_span_processor(
             BatchSpanProcessor(
@@ -139,7 +141,7 @@ class Analyzer:
             try:
                 reply: bytes = export(payload).SerializeToString()
                 return reply
-            except BadRequest as error:
+            except OtlpFormatError as error:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except RequestTooLarge as error:
                 context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
@@ -231,7 +233,7 @@ class Analyzer:
             response = export(payload, content_type)
         except UnsupportedMediaType as error:
             return _status_response(415, code_pb2.INVALID_ARGUMENT, str(error), PROTOBUF)
-        except BadRequest as error:
+        except OtlpFormatError as error:
             return _status_response(400, code_pb2.INVALID_ARGUMENT, str(error), media)
         except RequestTooLarge as error:
             return _status_response(413, code_pb2.RESOURCE_EXHAUSTED, str(error), media)
@@ -275,10 +277,6 @@ class Analyzer:
         self.forwarder.close()
 
 
-class RequestTooLarge(ValueError):
-    pass
-
-
 def _gunzip(payload: bytes, limit: int) -> bytes:
     import zlib
 
@@ -286,7 +284,7 @@ def _gunzip(payload: bytes, limit: int) -> bytes:
         decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
         data = decompressor.decompress(payload, limit + 1)
     except zlib.error as error:
-        raise BadRequest(f"invalid gzip body: {error}") from None
+        raise OtlpFormatError(f"invalid gzip body: {error}") from None
     if len(data) > limit:
         raise RequestTooLarge(f"decompressed request exceeds {limit} bytes")
     return data

@@ -21,6 +21,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from otel_perf.errors import DemoError
 from otel_perf.render import alerts_table
 
 APP_SOURCE = Path(__file__).with_name("app.py")
@@ -44,10 +45,6 @@ EXPECTED_FINDINGS = {
     "GET /reports/revenue",
     "GET /stock/sequential",
 }
-
-
-class DemoError(RuntimeError):
-    pass
 
 
 @dataclass

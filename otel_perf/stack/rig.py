@@ -22,13 +22,10 @@ from pathlib import Path
 import httpx
 import psutil
 
+from otel_perf.errors import RigError
 from otel_perf.stack import toolchain
 
 STACK_BINARIES = ("otelcol", "jaeger", "alertmanager")
-
-
-class RigError(RuntimeError):
-    """A service of the stack did not start; the message carries the tail of its log."""
 
 
 @dataclass(frozen=True)

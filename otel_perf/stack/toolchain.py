@@ -33,6 +33,8 @@ from typing import Any, Literal, get_args
 
 import yaml
 
+from otel_perf.errors import ToolchainError
+
 __all__ = [
     "BINARIES",
     "OVERRIDE_ENV",
@@ -73,10 +75,6 @@ MIN_GO = (1, 24)
 
 _TAIL_LINES = 40
 _MANIFEST_SECTIONS = ("receivers", "processors", "connectors", "exporters", "extensions")
-
-
-class ToolchainError(RuntimeError):
-    """A binary can't be provided; the message says what failed and what to do about it."""
 
 
 # --------------------------------------------------------------------------------------------- manifest

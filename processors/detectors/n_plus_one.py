@@ -177,11 +177,11 @@ class NPlusOneDetector:
             title=title,
             fingerprint=fingerprint(self.name, parent.service, operation, *key),
             trace_id=tree.trace_id_hex,
-            span_ids=[member.span_id_hex for member in members],
+            offending=[member.span_id for member in members],
+            parent_span_id=parent.span_id,
             details=details,
             time_ns=tree.end_ns(),
             summary=what,
-            flagged=[member.span_id for member in members],
         )
 
 

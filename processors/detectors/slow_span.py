@@ -177,11 +177,11 @@ class SlowSpanDetector:
             title=f"Slow {what}: {duration:.0f} ms (threshold {threshold:.0f} ms) in {operation}",
             fingerprint=fingerprint(self.name, node.service, operation, node.kind, what_key),
             trace_id=tree.trace_id_hex,
-            span_ids=[node.span_id_hex],
+            offending=[node.span_id],
+            parent_span_id=node.parent_id,
             details=details,
             time_ns=tree.end_ns(),
             summary=f"slow {what}",
-            flagged=[node.span_id],
         )
 
 

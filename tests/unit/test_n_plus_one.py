@@ -41,7 +41,8 @@ def test_repeated_query_is_an_n_plus_one() -> None:
     assert finding.service == "shop"
     assert finding.trace_id == f"{0xABC:032x}"
     assert finding.span_ids == [a.span_id_hex for a in authors]
-    assert finding.flagged == [a.span_id for a in authors]
+    assert finding.offending == [a.span_id for a in authors]
+    assert finding.parent_span_id == root.span_id
     details = finding.details
     assert details["kind"] == "db"
     assert details["count"] == 10
@@ -347,4 +348,4 @@ def test_siblings_whose_parent_never_arrived_still_show_the_loop() -> None:
     (finding,) = list(NPlusOneDetector().detect(tree))
     assert finding.details["count"] == 6
     assert finding.details["statement"] == "SELECT * FROM customers WHERE id = ?"
-    assert finding.flagged == [span.span_id for span in spans]
+    assert finding.offending == [span.span_id for span in spans]

@@ -30,7 +30,7 @@ def finding(
         title=f"N+1 queries: 10× SELECT in GET /orders/{{id}} ({fp})",
         fingerprint=fp,
         trace_id="ab" * 16,
-        span_ids=["0123456789abcdef"],
+        offending=[0x0123456789ABCDEF],
         details={
             "kind": "db",
             "count": 10,

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from otel_perf.processors.config import SettingsError
+from otel_perf.errors import SettingsError
 from otel_perf.processors.findings import Severity
 from otel_perf.settings import Settings, documented_variables
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from otel_perf.processors.config import SettingsError
+from otel_perf.errors import SettingsError
 from otel_perf.processors.detectors.slow_span import SlowSpanDetector, SlowSpanSettings
 from otel_perf.processors.findings import Finding, Severity
 from otel_perf.processors.tree import KIND_CLIENT, KIND_INTERNAL, KIND_PRODUCER
