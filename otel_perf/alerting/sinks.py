@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
+from rich.console import Console
+from rich.markup import escape
 
 from otel_perf.alerting.alert import Alert, Sink
 from otel_perf.errors import WebhookError
@@ -173,8 +175,6 @@ class ConsoleSink:
     name = "console"
 
     def __init__(self) -> None:
-        from rich.console import Console
-
         self._console = Console(stderr=True, highlight=False)
 
     def send(self, alert: Alert) -> None:
@@ -185,8 +185,10 @@ class ConsoleSink:
             Severity.HIGH: "red",
             Severity.CRITICAL: "bold red",
         }
+        # The title quotes SQL (`[dbo].[orders]`) and URLs: text, never markup.
+        label = f"[{colour[finding.severity]}]otel-perf {finding.severity.label.upper()}[/]"
         self._console.print(
-            f"[{colour[finding.severity]}]otel-perf {finding.severity.label.upper()}[/] {finding.title}",
+            f"{label} {escape(finding.title)}",
             markup=True,
             soft_wrap=True,
         )

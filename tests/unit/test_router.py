@@ -273,3 +273,12 @@ def test_span_time_within_the_skew_is_kept_and_replay_keeps_any_span_time() -> N
     replay = router(cooldown_s=60)
     assert replay.decide(_dated("fp", YEAR_2100)) is not None
     assert replay.decide(_dated("fp", YEAR_2100 + 61 * S)) is not None
+
+
+def test_the_console_sink_prints_sql_brackets_as_text(capsys: pytest.CaptureFixture[str]) -> None:
+    from otel_perf.alerting.sinks import ConsoleSink
+
+    item = finding("fp")
+    item.title = "Slow query SELECT [dbo].[orders].[id] FROM [dbo].[orders] WHERE [/] = ? [bold]x"
+    ConsoleSink().send(Alert(item))
+    assert "SELECT [dbo].[orders].[id] FROM [dbo].[orders] WHERE [/] = ? [bold]x" in capsys.readouterr().err
