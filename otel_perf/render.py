@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -27,17 +28,18 @@ def _where(alert: Mapping[str, Any]) -> str:
     if not location:
         return ""
     where = f"{os.path.basename(str(location.get('file')))}:{location.get('line')}"
-    return f"{where}\n[dim]{location.get('function')}[/]"
+    return f"{escape(where)}\n[dim]{escape(str(location.get('function')))}[/]"
 
 
 def _finding(alert: Mapping[str, Any]) -> str:
     title = str(alert.get("title", ""))
     operation = str(alert.get("operation", ""))
     title = title.replace(f" in {operation}", "", 1)
-    lines = [f"[bold]{title}[/]", _evidence(alert)]
+    # Titles quote SQL (`[dbo].[orders]`) and paths: text, never markup.
+    lines = [f"[bold]{escape(title)}[/]", escape(_evidence(alert))]
     suggestion = alert.get("details", {}).get("suggestion")
     if suggestion:
-        lines.append(f"[dim]fix: {suggestion}[/]")
+        lines.append(f"[dim]fix: {escape(str(suggestion))}[/]")
     return "\n".join(line for line in lines if line)
 
 
@@ -55,7 +57,7 @@ def alerts_table(alerts: Iterable[Mapping[str, Any]], title: str = "Findings") -
         severity = str(alert.get("severity", ""))
         table.add_row(
             Text(severity.upper(), style=SEVERITY_STYLES.get(severity, "")),
-            f"{alert.get('operation')}\n[dim]{alert.get('service')}[/]",
+            f"{escape(str(alert.get('operation')))}\n[dim]{escape(str(alert.get('service')))}[/]",
             _finding(alert),
             _where(alert),
         )

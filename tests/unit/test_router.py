@@ -282,3 +282,17 @@ def test_the_console_sink_prints_sql_brackets_as_text(capsys: pytest.CaptureFixt
     item.title = "Slow query SELECT [dbo].[orders].[id] FROM [dbo].[orders] WHERE [/] = ? [bold]x"
     ConsoleSink().send(Alert(item))
     assert "SELECT [dbo].[orders].[id] FROM [dbo].[orders] WHERE [/] = ? [bold]x" in capsys.readouterr().err
+
+
+def test_the_alerts_table_prints_sql_brackets_as_text() -> None:
+    from rich.console import Console
+
+    from otel_perf.render import alerts_table
+
+    item = finding("fp")
+    item.title = "Slow query SELECT [dbo].[orders] WHERE [/] = ? in GET /orders/{id}"
+    item.details["suggestion"] = "add an index on [dbo].[orders]([id])"
+    console = Console(record=True, width=200)
+    console.print(alerts_table([Alert(item).to_json()]))
+    text = console.export_text()
+    assert "SELECT [dbo].[orders] WHERE [/] = ?" in text and "[dbo].[orders]([id])" in text
