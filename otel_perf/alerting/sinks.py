@@ -74,10 +74,13 @@ def build_sinks(settings: SinkSettings, otlp: Sink | None = None) -> list[Sink]:
         try:
             sinks.append(FileSink(settings.file))
         except OSError as error:
+            reason = error.strerror or str(error)
+            if not settings.file.parent.is_dir():
+                reason = f"its directory {settings.file.parent} does not exist; create it or fix the path"
             logger.error(
                 "otel-perf: OTEL_PERF_ALERTS_FILE=%s can't be written (%s); file sink off",
                 settings.file,
-                error,
+                reason,
             )
     if settings.webhook_url is not None:
         sinks.append(WebhookSink(settings.webhook_url.get_secret_value(), settings.webhook_timeout_s))
@@ -98,8 +101,7 @@ class FileSink:
     name = "file"
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = Path(path)  # its directory must exist: a typo in the path creates nothing
         self._lock = threading.Lock()
         self._file = self.path.open("a", encoding="utf-8")
 

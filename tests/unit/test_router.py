@@ -145,7 +145,7 @@ def test_submit_applies_the_decisions() -> None:
 
 
 def test_file_sink_writes_one_json_object_per_line(tmp_path: Path) -> None:
-    path = tmp_path / "nested" / "alerts.jsonl"
+    path = tmp_path / "alerts.jsonl"
     sink = FileSink(path)
     r = AlertRouter(RouterSettings(), [sink])
     r.submit([finding("a"), finding("b", severity=Severity.CRITICAL)])
@@ -296,3 +296,14 @@ def test_the_alerts_table_prints_sql_brackets_as_text() -> None:
     console.print(alerts_table([Alert(item).to_json()]))
     text = console.export_text()
     assert "SELECT [dbo].[orders] WHERE [/] = ?" in text and "[dbo].[orders]([id])" in text
+
+
+def test_the_file_sink_creates_no_directory_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from otel_perf.alerting.sinks import SinkSettings, build_sinks
+
+    target = tmp_path / "typo" / "alerts.jsonl"
+    sinks = build_sinks(SinkSettings(file=target, otlp=False))
+    assert sinks == [] and not target.parent.exists()
+    assert "its directory" in caplog.text and "does not exist" in caplog.text
