@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -125,10 +126,11 @@ def analyzer() -> None:
     from otel_perf.analyzer.server import Analyzer
     from otel_perf.log_setup import ensure_stderr_logging
     from otel_perf.processors.analysis import build_detectors
-    from otel_perf.settings import Settings
+    from otel_perf.settings import Settings, warn_about_unknown_variables
 
     ensure_stderr_logging()
     settings = Settings.from_env()
+    warn_about_unknown_variables(os.environ)
     Analyzer(
         settings.analyzer,
         detectors=build_detectors(settings.detectors),
@@ -237,7 +239,7 @@ def settings(
     """Show every OTEL_PERF_* setting with its effective value (bad values are named on stderr)."""
     from rich.table import Table
 
-    from otel_perf.settings import Settings, markdown_table
+    from otel_perf.settings import Settings, markdown_table, warn_about_unknown_variables
 
     if markdown:
         print(markdown_table())
@@ -246,6 +248,7 @@ def settings(
 
     ensure_stderr_logging()
     effective = Settings.from_env()
+    warn_about_unknown_variables(os.environ)
     table = Table("Variable", "Value", "Meaning")
     for section_name, section in Settings.sections():
         values = effective.section(section_name)

@@ -8,6 +8,12 @@ its own section. Nothing reads `os.environ` deeper down.
 
 from __future__ import annotations
 
+import difflib
+import logging
+import re
+from collections.abc import Mapping
+from importlib import resources
+
 from pydantic import BaseModel, ConfigDict
 
 from otel_perf.alerting.router import RouterSettings
@@ -16,6 +22,8 @@ from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.processors.config import Section
 from otel_perf.processors.detectors import REGISTRY
 from otel_perf.processors.processor import ProcessorSettings
+
+logger = logging.getLogger("otel_perf.settings")
 
 
 class Settings(BaseModel):
@@ -85,3 +93,42 @@ def markdown_table() -> str:
         meaning = description.replace("|", "\\|")
         lines.append(f"| `{name}` | {shown} | {meaning} |")
     return "\n".join(lines)
+
+
+_CONFIG_VARIABLE = re.compile(r"\$\{env:(OTEL_PERF_[A-Z0-9_]+)")
+
+
+def _variables_read_elsewhere() -> set[str]:
+    """`OTEL_PERF_*` names that are not settings but are read all the same: by the shipped collector
+    configs (`${env:OTEL_PERF_…}`) and by the toolchain (binary overrides)."""
+    # Imported only when a name is not a setting: the toolchain (YAML, …) stays out of app start-up.
+    from otel_perf.stack.toolchain import BIN_DIR_ENV, OVERRIDE_ENV
+
+    names = {*OVERRIDE_ENV.values(), BIN_DIR_ENV}
+    for config in resources.files("otel_perf.collector").iterdir():
+        if config.name.endswith((".yaml", ".yml")):
+            names.update(_CONFIG_VARIABLE.findall(config.read_text(encoding="utf-8")))
+    return names
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """(name, closest known name or None) for each `OTEL_PERF_*` variable nothing reads: a typo in
+    a setting otherwise silently leaves its default in place."""
+    settings = {name for name, _, _ in documented_variables()}
+    candidates = [
+        name for name in environ if name.upper().startswith("OTEL_PERF_") and name.upper() not in settings
+    ]
+    if not candidates:
+        return []
+    known = settings | _variables_read_elsewhere()
+    unknown = sorted(name for name in candidates if name.upper() not in known)
+    return [
+        (name, next(iter(difflib.get_close_matches(name.upper(), known, n=1, cutoff=0.8)), None))
+        for name in unknown
+    ]
+
+
+def warn_about_unknown_variables(environ: Mapping[str, str]) -> None:
+    for name, suggestion in unknown_variables(environ):
+        hint = f"; did you mean {suggestion}?" if suggestion else ""
+        logger.warning("otel-perf: %s is not a setting otel-perf knows, so it has no effect%s", name, hint)

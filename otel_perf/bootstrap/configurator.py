@@ -24,7 +24,7 @@ from otel_perf.log_setup import ensure_stderr_logging
 from otel_perf.processors import orm
 from otel_perf.processors.analysis import build_detectors
 from otel_perf.processors.processor import TraceAnalysisSpanProcessor
-from otel_perf.settings import Settings
+from otel_perf.settings import Settings, warn_about_unknown_variables
 
 logger = logging.getLogger("otel_perf.bootstrap")
 
@@ -90,6 +90,7 @@ def _build_analysis() -> tuple[TraceAnalysisSpanProcessor, AlertRouter] | None:
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return None
     settings = Settings.from_env()
+    warn_about_unknown_variables(os.environ)
     if not settings.processor.analyses_in_process:
         return None
     router = AlertRouter(settings.router, build_sinks(settings.sinks))

@@ -155,3 +155,31 @@ def test_sections_passed_in_replace_the_environment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("OTEL_PERF_N_PLUS_ONE_MIN_REPEATS", "9")
     settings = Settings.from_env(n_plus_one=NPlusOneSettings(min_repeats=3))
     assert settings.detectors["n_plus_one"].min_repeats == 3
+
+
+def test_an_unknown_otel_perf_variable_is_named_with_the_closest_setting(caplog) -> None:
+    from otel_perf.settings import warn_about_unknown_variables
+
+    package_logger = logging.getLogger("otel_perf")  # may not propagate (otel-perf's own handler)
+    package_logger.addHandler(caplog.handler)
+    try:
+        _warn_for_a_mixed_environment(warn_about_unknown_variables)
+    finally:
+        package_logger.removeHandler(caplog.handler)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2, lines
+    assert "OTEL_PERF_ALERTS_FIEL is not a setting" in lines[0] and "OTEL_PERF_ALERTS_FILE?" in lines[0]
+    assert "OTEL_PERF_NOTHING_LIKE_IT" in lines[1] and "did you mean" not in lines[1]
+
+
+def _warn_for_a_mixed_environment(warn: Any) -> None:
+    warn(
+        {
+            "OTEL_PERF_ALERTS_FIEL": "alerts.jsonl",  # a typo
+            "OTEL_PERF_NOTHING_LIKE_IT": "1",
+            "OTEL_PERF_ENABLED": "true",  # a setting
+            "OTEL_PERF_JAEGER_BIN": "/opt/jaeger",  # read by the toolchain
+            "OTEL_PERF_GROUPBYTRACE_WAIT": "1s",  # read by the collector configs
+            "OTEL_SERVICE_NAME": "shop",
+        }
+    )
