@@ -97,7 +97,7 @@ def analyze(
         for path in files:
             status.update(f"Reading {path}…")
             try:
-                with sys.stdin if str(path) == "-" else path.open(encoding="utf-8") as stream:
+                with sys.stdin.buffer if str(path) == "-" else path.open("rb") as stream:
                     for trace_id, nodes in read_traces([stream], report).items():
                         traces.setdefault(trace_id, []).extend(nodes)
             except OSError as error:

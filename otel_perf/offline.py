@@ -20,13 +20,27 @@ from otel_perf.settings import Settings
 
 
 def read_traces(
-    streams: Iterable[IO[str]], on_error: Callable[[OtlpFormatError], None] | None = None
+    streams: Iterable[IO[bytes]], on_error: Callable[[OtlpFormatError], None] | None = None
 ) -> dict[int, list[SpanNode]]:
+    """Spans by trace from OTLP JSON lines files, read as bytes: a line that is not UTF-8 (binary
+    input, a truncated write) is named and skipped like any other malformed line."""
     traces: dict[int, list[SpanNode]] = {}
     for stream in streams:
-        for trace_id, node in read_json_lines(stream, on_error):
+        for trace_id, node in read_json_lines(_text_lines(stream, on_error), on_error):
             traces.setdefault(trace_id, []).append(node)
     return traces
+
+
+def _text_lines(stream: IO[bytes], on_error: Callable[[OtlpFormatError], None] | None) -> Iterator[str]:
+    for number, raw in enumerate(stream, start=1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError:
+            error = OtlpFormatError(f"line {number}: not UTF-8 (binary input?)")
+            if on_error is None:
+                raise error from None
+            on_error(error)
+            yield ""  # keeps the line numbers of what follows
 
 
 def analyze_traces(

@@ -181,3 +181,28 @@ def test_analyze_and_the_analyzer_agree_on_the_same_file(tmp_path: Path) -> None
         )
 
     assert comparable(live) == comparable(offline)
+
+
+def test_analyze_names_every_hostile_line_and_analyses_the_rest(tmp_path: Path) -> None:
+    """Too deep, not UTF-8, absurd timestamps, binary garbage, the wrong JSON shape: each is a
+    named, skipped line (exit 1), never a traceback, and the good lines are still analysed."""
+    good = _export_file(tmp_path, [BASE_NS]).read_bytes().splitlines()
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "x"}
+    hostile = [
+        b"[" * 200_000,  # nested too deeply for any parser
+        "{\"resourceSpans\": [\"caf\xe9\"]}".encode("latin-1"),  # not UTF-8
+        json.dumps(
+            {"resourceSpans": [{"scopeSpans": [{"spans": [{**span, "startTimeUnixNano": "9" * 40}]}]}]}
+        ).encode(),  # a timestamp no clock has
+        bytes(b for b in range(256) if b not in b"\r\n") * 4,  # binary, one line
+        b'{"resourceSpans": {"not": "a list"}}',
+    ]
+    path = tmp_path / "hostile.jsonl"
+    path.write_bytes(b"\n".join([good[0], *hostile, good[1]]) + b"\n")
+    result = _analyze(str(path))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for number in range(2, 2 + len(hostile)):
+        assert f"line {number}:" in result.stderr, (number, result.stderr)
+    assert f"{len(hostile)} malformed line(s) skipped" in result.stderr
+    assert {alert["type"] for alert in _alerts(result.stdout)} == {"n_plus_one", "slow_span"}
