@@ -4,8 +4,8 @@ do; none carries a secret (a webhook URL, a literal).
     OtelPerfError                      (otel_perf.processors.errors: the core's base and errors)
     ├── SettingsError                  an OTEL_PERF_* value can't be used; names the variable
     ├── OtlpFormatError                not OTLP: HTTP 400 / gRPC INVALID_ARGUMENT, a named bad line
-    │   ├── UnsupportedMediaType       neither protobuf nor JSON: HTTP 415
-    │   └── RequestTooLarge            over OTEL_PERF_ANALYZER_MAX_REQUEST_BYTES: 413 / RESOURCE_EXHAUSTED
+    │   └── UnsupportedMediaType       neither protobuf nor JSON: HTTP 415
+    ├── RequestTooLarge                over OTEL_PERF_ANALYZER_MAX_REQUEST_BYTES: 413 / RESOURCE_EXHAUSTED
     ├── Unavailable                    the analyzer's way back is full: 503 / UNAVAILABLE, retry later
     ├── WebhookError                   delivery to the webhook failed (never names the URL)
     ├── DemoError                      `otel-perf demo` could not run the bundled app
@@ -35,7 +35,7 @@ class UnsupportedMediaType(OtlpFormatError):
     """A Content-Type other than OTLP's protobuf and JSON."""
 
 
-class RequestTooLarge(OtlpFormatError):
+class RequestTooLarge(OtelPerfError):
     """A request (or its decompressed body) over the configured limit."""
 
 

@@ -3,16 +3,39 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol, TypeVar
 
 from otel_perf.processors import semconv
 from otel_perf.processors.config import Section
 from otel_perf.processors.detectors import REGISTRY
 from otel_perf.processors.detectors.base import Detector
+from otel_perf.processors.engine import EngineStats
 from otel_perf.processors.findings import Finding
-from otel_perf.processors.tree import TraceShape, TraceTree
+from otel_perf.processors.sources import Mark
+from otel_perf.processors.tree import SpanNode, TraceShape, TraceTree
 
 logger = logging.getLogger("otel_perf.analysis")
+
+S = TypeVar("S")
+S_contra = TypeVar("S_contra", contravariant=True)
+
+
+class SpanAdapter(Protocol[S_contra]):
+    """What the analyse step needs of one kind of span (`processors.sources`: SDK, OTLP)."""
+
+    def shape(self, spans: Sequence[S_contra]) -> TraceShape:
+        """The trace's shape, read from the spans without building nodes (the pre-check)."""
+        ...
+
+    def nodes(self, spans: Sequence[S_contra]) -> list[SpanNode]:
+        """The tree's nodes, one per span, each with its span as `source` (for `annotate`). All at
+        once rather than one call per span: this runs for every span analysed."""
+        ...
+
+    def annotate(self, node: SpanNode, mark: Mark) -> None:
+        """Write `perf.issue`, `perf.issue.fingerprint` and `perf.issues` on the node's span."""
+        ...
 
 
 def build_detectors(sections: Mapping[str, Section] | None = None) -> list[Detector]:
@@ -70,13 +93,50 @@ def _is_alert_trace(tree: TraceTree) -> bool:
     return all(node.name == semconv.ALERT_SPAN_NAME for node in tree.nodes.values())
 
 
-def span_marks(findings: Sequence[Finding]) -> dict[int, tuple[str, str, list[str]]]:
+def analyse_trace(
+    trace_id: int,
+    spans: Sequence[S],
+    adapter: SpanAdapter[S],
+    detectors: Sequence[Detector],
+    stats: EngineStats,
+    *,
+    source: str = "in_process",
+    annotate: bool = True,
+    keep: Callable[[TraceTree, Finding], bool] | None = None,
+) -> list[Finding]:
+    """The analyse step of both hosts: shape pre-check, tree, findings, flagged spans annotated
+    (unless `annotate` is false), counted in `stats`. `keep`: which findings to return (after
+    annotation). Never raises: a failed analysis is counted and logged; the spans go on as they are.
+    """
+    findings: list[Finding] = []
+    try:
+        if worth_analysing(adapter.shape(spans), detectors):
+            tree = TraceTree(trace_id, adapter.nodes(spans))
+            findings = analyze_tree(tree, detectors, source=source)
+            if findings and annotate:
+                nodes = tree.nodes
+                for span_id, mark in span_marks(findings).items():
+                    node = nodes.get(span_id)
+                    if node is not None and node.source is not None:
+                        adapter.annotate(node, mark)
+            if findings and keep is not None:
+                findings = [finding for finding in findings if keep(tree, finding)]
+        stats.traces_analysed += 1
+        stats.spans_analysed += len(spans)
+        stats.findings += len(findings)
+    except Exception:
+        stats.analysis_errors += 1
+        logger.exception("otel-perf: analysis of trace %032x failed; passing it on unannotated", trace_id)
+    return findings
+
+
+def span_marks(findings: Sequence[Finding]) -> dict[int, Mark]:
     """span id → (issue type, fingerprint, all issue types) for every flagged span.
 
     Where a span is flagged twice (a slow query inside an N+1), `perf.issue` names the more
     severe finding; `perf.issues` lists all of them.
     """
-    marks: dict[int, tuple[str, str, list[str]]] = {}
+    marks: dict[int, Mark] = {}
     for finding in sorted(findings, key=lambda each: -each.severity):
         for span_id in finding.offending:
             current = marks.get(span_id)

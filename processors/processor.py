@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
-import weakref
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -30,14 +28,23 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.processors import orm, semconv
-from otel_perf.processors.analysis import analyze_tree, build_detectors, span_marks, worth_analysing
+from otel_perf.processors.analysis import analyse_trace, build_detectors
 from otel_perf.processors.budget import AnalysisBudget
 from otel_perf.processors.code_location import CodeLocator
 from otel_perf.processors.config import Section
+from otel_perf.processors.engine import (
+    ENGINE_COUNTERS,
+    OVER_MAX_BUFFERED_SPANS,
+    OVER_MAX_SPANS_PER_TRACE,
+    OVER_MAX_TRACES,
+    Counter,
+    EngineStats,
+    Held,
+    HoldBuffer,
+)
 from otel_perf.processors.failsafe import record_failure
 from otel_perf.processors.findings import FindingsHandler, default_handler
-from otel_perf.processors.sources import node_from_readable, plain_attributes, shape_of_readable
-from otel_perf.processors.tree import TraceTree
+from otel_perf.processors.sources import READABLE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -102,28 +109,49 @@ class ProcessorSettings(Section):
         return self.enabled and self.mode in ("collector", "both")
 
 
-@dataclass
-class ProcessorStats:
-    """Counters, also exported as OpenTelemetry metrics (`otel_perf.*`)."""
+SKIPPED_CPU_SHARE = "cpu_share"
 
-    traces_analysed: int = 0
-    spans_analysed: int = 0
-    findings: int = 0
-    spans_unanalysed: int = 0  # of analysed traces, exported without analysis: a bound was hit
-    traces_skipped: int = 0  # not analysed: over the CPU share or max_traces
-    traces_timed_out: int = 0
-    analysis_errors: int = 0
+
+@dataclass
+class ProcessorStats(EngineStats):
+    """The engine's counters and the processor's own, also exported as OpenTelemetry metrics
+    (`otel_perf.*`, `PROCESSOR_COUNTERS`). `spans_unanalysed`: spans of analysed traces exported
+    without analysis (a bound was hit)."""
+
+    unanalysed: dict[str, int] = field(
+        default_factory=lambda: {OVER_MAX_SPANS_PER_TRACE: 0, OVER_MAX_BUFFERED_SPANS: 0}
+    )
+    traces_skipped: int = 0  # not analysed: over the CPU share or max_traces (by reason in `skipped`)
+    skipped: dict[str, int] = field(default_factory=lambda: {OVER_MAX_TRACES: 0, SKIPPED_CPU_SHARE: 0})
     export_waits_timed_out: int = 0  # the exporter's queue stayed full for export_wait_s
 
+    def count_skipped(self, reason: str) -> None:
+        self.traces_skipped += 1
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
 
-@dataclass
-class _PendingTrace:
-    started_ns: int
-    operation: str = ""
-    spans: list[ReadableSpan] = field(default_factory=list)
-    open_roots: int = 0
-    queued: bool = False
-    request_path_s: float = 0.0  # CPU its analysis cost the request thread (call-site capture)
+
+PROCESSOR_COUNTERS = (
+    *ENGINE_COUNTERS,
+    Counter(
+        "traces_skipped", "{trace}", "Traces not analysed in-process (CPU share or max_traces).", "skipped"
+    ),
+    Counter(
+        "export_waits_timed_out",
+        "{wait}",
+        "Hand-overs to an exporter whose queue stayed full past OTEL_PERF_EXPORT_WAIT_S.",
+    ),
+)
+
+
+class _TraceState:
+    """What the processor keeps per held trace, beside its spans (`engine.Held`)."""
+
+    __slots__ = ("open_roots", "operation", "request_path_s")
+
+    def __init__(self, operation: str) -> None:
+        self.operation = operation
+        self.open_roots = 0
+        self.request_path_s = 0.0  # CPU its analysis cost the request thread (call-site capture)
 
 
 class TraceAnalysisSpanProcessor(SpanProcessor):
@@ -145,36 +173,39 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
     ) -> None:
         """Each argument defaults to what `OTEL_PERF_*` configures: this processor's section, the
         registry's enabled detectors, and the default findings handler (otel-perf's alert router)."""
-        self._config = config if config is not None else ProcessorSettings.load()
-        self._active = self._config.analyses_in_process
+        self._config = config = config if config is not None else ProcessorSettings.load()
+        self._active = config.analyses_in_process
         self._detectors = list(detectors) if detectors is not None else build_detectors()
         self.findings = findings if findings is not None else default_handler()
         self._downstream: tuple[SpanProcessor, ...] = (export_processor,) if export_processor else ()
-        self._locator = CodeLocator() if self._config.capture_code_location else None
-        self._budget = AnalysisBudget(self._config.analysis_cpu_share)
+        self._locator = CodeLocator() if config.capture_code_location else None
+        self._budget = AnalysisBudget(config.analysis_cpu_share)
         if self._active:
             # Now if the app already imported SQLAlchemy; the launcher's post-instrument hook otherwise.
             orm.watch_lazy_loads()
         self.stats = ProcessorStats()
+        # Held until the local root ended + the grace, or trace_timeout_s after the first root started.
+        self._engine: HoldBuffer[ReadableSpan, _TraceState] = HoldBuffer(
+            self._release,
+            self.stats,
+            delay_s=config.trace_grace_ms / 1000,
+            max_hold_s=config.trace_timeout_s,
+            max_traces=config.max_traces,
+            max_spans_per_trace=config.max_spans_per_trace,
+            max_buffered_spans=config.max_buffered_spans,
+            thread_name="otel-perf-analysis",
+            after_fork=self._init_state,
+        )
         self._init_state()
-        if hasattr(os, "register_at_fork"):
-            weak_reinit = weakref.WeakMethod(self._init_state)
-            os.register_at_fork(after_in_child=lambda: (method := weak_reinit()) and method())
 
     def _init_state(self) -> None:
-        """(Re)create locks, buffers and the worker: at start and in a forked child."""
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._traces: dict[int, _PendingTrace] = {}
-        self._ready: deque[tuple[float, int]] = deque()
-        self._buffered = 0
-        self._releasing = 0  # traces taken by the worker and not yet exported
-        self._next_timeout_scan = 0.0
+        """(Re)create the processor's own state: at start and in a forked child (the engine
+        re-creates its lock, buffer and worker itself, first)."""
+        # The engine's held traces by id, read on the request path without the lock: one lookup.
+        self._traces = self._engine.traces
         # Traces not analysed (CPU share, max_traces): a later local root of the same trace (the app
         # calling itself) must not start a fragment of it, which would be analysed without its entry.
         self._skipped: OrderedDict[int, None] = OrderedDict()
-        self._worker: threading.Thread | None = None
-        self._stopping = False
         # The downstream processors, each with its export queue where one can be read (see _export_targets).
         self._targets: tuple[tuple[SpanProcessor, ...], tuple[tuple[SpanProcessor, _ExportQueue | None], ...]]
         self._targets = ((), ())
@@ -183,6 +214,9 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
     def active(self) -> bool:
         """Whether this processor analyses traces (enabled, and in-process analysis is on)."""
         return self._active
+
+    # The spans held in all (benchmarks/scaling.py reads it, with `_traces`).
+    _buffered = property(lambda self: self._engine.buffered)
 
     def add_export_processor(self, processor: SpanProcessor) -> None:
         """Spans leave through `processor` after analysis (the configurator wires exporters here)."""
@@ -200,8 +234,8 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                 # Only traces that will be analysed pay for the call site (and it counts against
                 # the analysis CPU share).
                 if span.kind is _CLIENT:
-                    pending = self._traces.get(trace_id)
-                    if pending is not None:
+                    held = self._traces.get(trace_id)
+                    if held is not None:
                         started = time.perf_counter()
                         orm.annotate(span)
                         if self._locator is not None:
@@ -209,7 +243,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                                 self._locator.annotate(span)
                             except Exception:
                                 record_failure("call-site capture")
-                        pending.request_path_s += time.perf_counter() - started
+                        held.state.request_path_s += time.perf_counter() - started
             except Exception:  # never into application code
                 record_failure("span start")
         for downstream in self._downstream:
@@ -217,20 +251,27 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
 
     def _open_root(self, trace_id: int, operation: str) -> None:
         """A local root starts: its trace is analysed if the budget and bounds allow."""
-        with self._lock:
-            pending = self._traces.get(trace_id)
-            if pending is None:
+        engine = self._engine
+        with engine.lock:
+            held = engine.traces.get(trace_id)
+            if held is None:
                 skipped = self._skipped
                 if trace_id in skipped:
                     return
-                if len(self._traces) >= self._config.max_traces or not self._budget.allow(operation):
-                    self.stats.traces_skipped += 1
+                if engine.full():
+                    reason = OVER_MAX_TRACES
+                elif not self._budget.allow(operation):
+                    reason = SKIPPED_CPU_SHARE
+                else:
+                    reason = None
+                if reason is not None:
+                    self.stats.count_skipped(reason)
                     skipped[trace_id] = None
                     if len(skipped) > _MAX_SKIPPED_REMEMBERED:
                         skipped.popitem(last=False)
                     return
-                pending = self._traces[trace_id] = _PendingTrace(time.monotonic_ns(), operation)
-            pending.open_roots += 1
+                held = engine.open(trace_id, _TraceState(operation))
+            held.state.open_roots += 1
 
     def on_end(self, span: ReadableSpan) -> None:
         # Spans of traces not being analysed (and late stragglers) go straight to export.
@@ -247,30 +288,23 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         trace_id = span.context.trace_id
         parent = span.parent
         is_local_root = parent is None or parent.is_remote
-        config = self._config
-        with self._lock:
-            pending = self._traces.get(trace_id)
-            if pending is None or span.name == semconv.ALERT_SPAN_NAME:
+        engine = self._engine
+        with engine.lock:
+            held = engine.traces.get(trace_id)
+            if held is None or span.name == semconv.ALERT_SPAN_NAME:
                 return False
-            held = (
-                len(pending.spans) < config.max_spans_per_trace and self._buffered < config.max_buffered_spans
-            )
-            if held:
-                pending.spans.append(span)
-                self._buffered += 1
-            else:
-                self.stats.spans_unanalysed += 1
+            over = engine.add(held, span)
+            if over is not None:
+                self.stats.count_unanalysed(over)
             if is_local_root:
                 # Even when the root itself overflowed, it closes the trace: what was held is released.
-                pending.open_roots -= 1
-                if pending.open_roots <= 0 and not pending.queued:
-                    pending.queued = True
-                    self._ready.append((time.monotonic() + config.trace_grace_ms / 1000, trace_id))
-                    self._ensure_worker()
-                    self._wake.notify()
-            elif self._worker is None:
-                self._ensure_worker()  # so that traces whose root never ends still time out
-            return held
+                state = held.state
+                state.open_roots -= 1
+                if state.open_roots <= 0 and held.due is None:
+                    engine.schedule(trace_id, held)
+            elif not engine.worker_started:
+                engine.ensure_worker()  # so that traces whose root never ends still time out
+            return over is None
 
     def _forward(self, spans: tuple[ReadableSpan, ...] | list[ReadableSpan]) -> None:
         """Straight on, as plain OpenTelemetry would (the request path: never waits)."""
@@ -340,116 +374,32 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         if sent < total:
             _emit(downstream, spans, sent, total)
 
-    # --- the worker: analysis off the request path -----------------------------------------------
+    # --- released by the engine's worker: analysis off the request path --------------------------
 
-    def _ensure_worker(self) -> None:
-        """Start the worker (lazily: a pre-fork master never starts one). Caller holds the lock."""
-        if self._worker is None or not self._worker.is_alive():
-            self._worker = threading.Thread(target=self._run, name="otel-perf-analysis", daemon=True)
-            self._worker.start()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                batch = self._take_due()
-                while not batch and not self._stopping:
-                    self._wake.wait(timeout=self._next_wait())
-                    batch = self._take_due()
-                stopping = self._stopping
-            self._release_all(batch)
-            if stopping and not batch:
-                return
-
-    def _release_all(self, batch: list[tuple[int, _PendingTrace]], deadline: float | None = None) -> None:
-        """Release traces taken by `_take_due` (which counted them in `_releasing`)."""
-        try:
-            for trace_id, pending in batch:
-                self._release(trace_id, pending, deadline)
-        finally:
-            with self._wake:
-                self._releasing -= len(batch)
-                self._wake.notify_all()
-
-    def _next_wait(self) -> float:
-        if self._ready:
-            return max(0.0, self._ready[0][0] - time.monotonic())
-        return 1.0 if self._traces else 5.0
-
-    def _take_due(self, everything: bool = False) -> list[tuple[int, _PendingTrace]]:
-        """Pop traces whose grace passed (or that timed out). Caller holds the lock."""
-        now = time.monotonic()
-        due: list[tuple[int, _PendingTrace]] = []
-        while self._ready and (everything or self._ready[0][0] <= now):
-            _, trace_id = self._ready.popleft()
-            pending = self._traces.pop(trace_id, None)
-            if pending is not None:
-                due.append((trace_id, pending))
-        if everything or now >= self._next_timeout_scan:
-            # Traces whose local root never ended: a scan of all held traces, so at most once a second.
-            self._next_timeout_scan = now + 1.0
-            oldest_allowed = time.monotonic_ns() - int(self._config.trace_timeout_s * 1e9)
-            expired = [
-                trace_id
-                for trace_id, pending in self._traces.items()
-                if everything or pending.started_ns < oldest_allowed
-            ]
-            for trace_id in expired:
-                due.append((trace_id, self._traces.pop(trace_id)))
-            self.stats.traces_timed_out += 0 if everything else len(expired)
-        for _, pending in due:
-            self._buffered -= len(pending.spans)
-        self._releasing += len(due)
-        return due
-
-    def _release(self, trace_id: int, pending: _PendingTrace, deadline: float | None = None) -> None:
+    def _release(self, trace_id: int, held: Held[ReadableSpan, _TraceState], deadline: float | None) -> None:
         """Analyse one trace, export its spans (annotated where flagged), route its findings."""
-        spans = pending.spans
-        findings = []
+        spans = held.spans
         started = time.thread_time()
-        try:
-            if worth_analysing(shape_of_readable(spans), self._detectors):
-                tree = TraceTree(trace_id, [node_from_readable(span) for span in spans])
-                findings = analyze_tree(tree, self._detectors)
-            if findings and self._downstream:  # annotate only what we alone hand to the exporter
-                marks = span_marks(findings)
-                for span in spans:
-                    mark = marks.get(span.context.span_id)
-                    if mark is not None:
-                        _annotate(span, mark)
-            self.stats.traces_analysed += 1
-            self.stats.spans_analysed += len(spans)
-            self.stats.findings += len(findings)
-        except Exception:
-            self.stats.analysis_errors += 1
-            logger.exception("otel-perf: analysis of trace %032x failed; exporting it unannotated", trace_id)
+        # Annotate only what we alone hand to the exporter.
+        findings = analyse_trace(
+            trace_id, spans, READABLE, self._detectors, self.stats, annotate=bool(self._downstream)
+        )
         self._hand_over(spans, deadline)
         # Charged: analysis, export hand-off and call-site capture (conservative: the hand-off is
         # work the SDK would do anyway, on the request thread). Waiting for the exporter is not.
-        cost = time.thread_time() - started + pending.request_path_s
-        with self._lock:
-            self._budget.charge(pending.operation, cost)
+        state = held.state
+        cost = time.thread_time() - started + state.request_path_s
+        with self._engine.lock:
+            self._budget.charge(state.operation, cost)
         if findings:
             self.findings.submit(findings)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    def _drain(self, deadline: float) -> bool:
-        """Release everything held, and wait for what the worker is releasing; False on timeout."""
-        with self._lock:
-            batch = self._take_due(everything=True)
-        self._release_all(batch, deadline)
-        with self._wake:
-            while self._releasing > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._wake.wait(timeout=remaining)
-        return True
-
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Analyse and export everything held now, complete or not, then flush downstream."""
         deadline = time.monotonic() + timeout_millis / 1000
-        flushed = self._drain(deadline)
+        flushed = self._engine.drain(deadline)
         flushed = self.findings.flush(max(0.0, deadline - time.monotonic())) and flushed
         for downstream in self._downstream:
             remaining_ms = int(max(0.0, deadline - time.monotonic()) * 1000)
@@ -457,33 +407,11 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         return flushed
 
     def shutdown(self) -> None:
-        with self._lock:
-            self._stopping = True
-            self._wake.notify_all()
-            worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(timeout=5)
-        self._drain(time.monotonic() + 5)
+        self._engine.stop(timeout_s=5)
+        self._engine.drain(time.monotonic() + 5)
         self.findings.shutdown()
         for downstream in self._downstream:
             downstream.shutdown()
-
-
-def _annotate(span: ReadableSpan, mark: tuple[str, str, list[str]]) -> None:
-    """Add the finding's attributes to an ended span before it is exported.
-
-    Ended spans are read-only through the API; the attributes are written into the span's own
-    mapping instead of copying the span (this runs for every flagged span). Only this processor
-    holds the span at this point: it reaches the export processor after analysis.
-    """
-    issue, fingerprint, issues = mark
-    attributes = plain_attributes(span)
-    if not isinstance(attributes, dict):  # not an SDK span: leave it as it is
-        return
-    attributes[semconv.PERF_ISSUE] = issue
-    attributes[semconv.PERF_FINGERPRINT] = fingerprint
-    if len(issues) > 1:
-        attributes[semconv.PERF_ISSUES] = tuple(issues)
 
 
 def _emit(downstream: SpanProcessor, spans: Sequence[ReadableSpan], start: int, end: int) -> None:

@@ -7,11 +7,11 @@ ignorant of where a span came from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
@@ -20,6 +20,9 @@ from otel_perf.processors import semconv
 from otel_perf.processors.errors import OtlpFormatError
 from otel_perf.processors.otlp import message_from_json, parse_json
 from otel_perf.processors.tree import KIND_CLIENT, SpanNode, TraceShape
+
+# (issue type, fingerprint, all issue types): what `analysis.span_marks` gives each flagged span.
+Mark = tuple[str, str, list[str]]
 
 _STATUS_ERROR = 2
 _SDK_CLIENT = SpanKind.CLIENT
@@ -223,6 +226,8 @@ def shape_of_proto(spans: Iterable[ProtoSpan]) -> TraceShape:
 
 
 def shape_of_readable(spans: Iterable[ReadableSpan]) -> TraceShape:
+    """The trace's shape from SDK spans, without building nodes (see `TraceShape`). A loop of its
+    own, not a shared one over extracted fields: this runs for every span analysed."""
     siblings: dict[int, int] = {}
     longest = 0
     count = 0
@@ -235,6 +240,66 @@ def shape_of_readable(spans: Iterable[ReadableSpan]) -> TraceShape:
         if duration > longest:
             longest = duration
     return TraceShape(count, max(siblings.values(), default=0), longest)
+
+
+# --- the adapters both hosts analyse through (`analysis.analyse_trace`) -------------------------
+
+
+class ReadableAdapter:
+    """SDK `ReadableSpan`s (the span processor)."""
+
+    shape = staticmethod(shape_of_readable)
+
+    @staticmethod
+    def nodes(spans: Sequence[ReadableSpan]) -> list[SpanNode]:
+        return [node_from_readable(span) for span in spans]
+
+    @staticmethod
+    def annotate(node: SpanNode, mark: Mark) -> None:
+        """Add the finding's attributes to an ended span before it is exported.
+
+        Ended spans are read-only through the API; the attributes are written into the span's own
+        mapping instead of copying the span (this runs for every flagged span). Only the processor
+        holds the span at this point: it reaches the export processor after analysis.
+        """
+        issue, fingerprint, issues = mark
+        attributes = plain_attributes(node.source)
+        if not isinstance(attributes, dict):  # not an SDK span: leave it as it is
+            return
+        attributes[semconv.PERF_ISSUE] = issue
+        attributes[semconv.PERF_FINGERPRINT] = fingerprint
+        if len(issues) > 1:
+            attributes[semconv.PERF_ISSUES] = tuple(issues)
+
+
+class ProtoAdapter:
+    """OTLP protobuf spans (the analyzer), as `spans_from_proto` yields them."""
+
+    shape = staticmethod(shape_of_proto)
+
+    @staticmethod
+    def nodes(spans: Sequence[ProtoSpan]) -> list[SpanNode]:
+        return [node_from_proto(*span) for span in spans]
+
+    @staticmethod
+    def annotate(node: SpanNode, mark: Mark) -> None:
+        """Add the finding's attributes in the protobuf message itself; marks already there (the
+        app's, mode both) stay."""
+        issue, fingerprint, issues = mark
+        attributes = node.source.attributes
+        present = {kv.key for kv in attributes}
+        if semconv.PERF_ISSUE not in present:
+            attributes.append(KeyValue(key=semconv.PERF_ISSUE, value=AnyValue(string_value=issue)))
+            attributes.append(
+                KeyValue(key=semconv.PERF_FINGERPRINT, value=AnyValue(string_value=fingerprint))
+            )
+        if len(issues) > 1 and semconv.PERF_ISSUES not in present:
+            listed = ArrayValue(values=[AnyValue(string_value=issue) for issue in issues])
+            attributes.append(KeyValue(key=semconv.PERF_ISSUES, value=AnyValue(array_value=listed)))
+
+
+READABLE = ReadableAdapter()
+PROTO = ProtoAdapter()
 
 
 # --- OTLP JSON: through the protobuf path ------------------------------------------------------

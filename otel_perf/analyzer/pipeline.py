@@ -14,31 +14,26 @@ unanalysed (counted): the analyzer may skip analysis, it never loses or delays t
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue, KeyValue
 
 from otel_perf.alerting.router import AlertRouter
 from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.errors import OtlpFormatError, Unavailable
 from otel_perf.processors import semconv
-from otel_perf.processors.analysis import analyze_tree, span_marks, worth_analysing
+from otel_perf.processors.analysis import analyse_trace
 from otel_perf.processors.detectors.base import Detector
+from otel_perf.processors.engine import OVER_MAX_BUFFERED_SPANS, EngineStats, Held, HoldBuffer
 from otel_perf.processors.findings import Finding, Severity
-from otel_perf.processors.sources import (
-    ProtoSpan,
-    node_from_proto,
-    shape_of_proto,
-    spans_from_proto,
-)
+from otel_perf.processors.sources import PROTO, ProtoSpan, spans_from_proto
 from otel_perf.processors.tree import TraceTree
 
 logger = logging.getLogger("otel_perf.analyzer")
+
+# Why a request passed through unanalysed (`PipelineStats.unanalysed`), beside the engine's bounds.
+NOT_ANALYSING = "not_analysing"
 
 
 class Forward(Protocol):
@@ -48,15 +43,13 @@ class Forward(Protocol):
 
 
 @dataclass
-class PipelineStats:
+class PipelineStats(EngineStats):
+    """The engine's counters and the analyzer's own (Prometheus, `otel_perf_analyzer_*`)."""
+
+    unanalysed: dict[str, int] = field(default_factory=lambda: {OVER_MAX_BUFFERED_SPANS: 0, NOT_ANALYSING: 0})
     requests: int = 0
     spans_received: int = 0
-    traces_analysed: int = 0
-    spans_analysed: int = 0
-    spans_unanalysed: int = 0
-    findings: int = 0
     findings_already_alerted: int = 0
-    analysis_errors: int = 0
     rejected_bad_request: int = 0
     rejected_unavailable: int = 0
     forward_dropped: int = 0
@@ -69,10 +62,10 @@ class _Request:
 
 
 @dataclass
-class _Trace:
-    spans: list[ProtoSpan] = field(default_factory=list)
+class _TraceState:
+    """What the analyzer keeps per held trace, beside its spans: the requests that carried them."""
+
     requests: list[_Request] = field(default_factory=list)
-    due: float = 0.0
 
 
 class AnalysisPipeline:
@@ -95,21 +88,27 @@ class AnalysisPipeline:
         self._forward = forward
         self.router = router
         self.stats = PipelineStats()
-        self._lock = threading.Lock()
-        self._wake = threading.Condition(self._lock)
-        self._traces: OrderedDict[int, _Trace] = OrderedDict()  # least recently touched first
-        self._buffered = 0
-        self._stopping = False
-        self._worker = threading.Thread(target=self._run, name="otel-perf-analyzer", daemon=True)
-        self._worker.start()
+        # Held until no span of the trace arrived for trace_wait_ms; the bound is checked per request.
+        self._engine: HoldBuffer[ProtoSpan, _TraceState] = HoldBuffer(
+            self._analyse,
+            self.stats,
+            delay_s=config.trace_wait_ms / 1000,
+            max_buffered_spans=config.max_buffered_spans,
+            thread_name="otel-perf-analyzer",
+        )
 
     @property
     def buffered_spans(self) -> int:
-        return self._buffered
+        return self._engine.buffered
 
     @property
     def buffered_traces(self) -> int:
-        return len(self._traces)
+        return len(self._engine.traces)
+
+    @property
+    def worker_alive(self) -> bool:
+        """False once drained, or when the analysis worker died."""
+        return self._engine.worker_alive
 
     # --- ingestion (receiver threads) -------------------------------------------------------------
 
@@ -130,83 +129,45 @@ class AnalysisPipeline:
         if not count:
             self._put(message)
             return
-        if not self._analyses or self._buffered + count > self._config.max_buffered_spans:
-            self.stats.spans_unanalysed += count
+        engine = self._engine
+        if not self._analyses or not engine.fits(count):
+            self.stats.count_unanalysed(OVER_MAX_BUFFERED_SPANS if self._analyses else NOT_ANALYSING, count)
             self._put(message)
             return
         request = _Request(message, remaining=len(traces))
-        due = time.monotonic() + self._config.trace_wait_ms / 1000
-        with self._lock:
+        with engine.lock:
             for trace_id, spans in traces.items():
-                trace = self._traces.get(trace_id)
-                if trace is None:
-                    trace = self._traces[trace_id] = _Trace()
-                trace.requests.append(request)
-                trace.spans.extend(spans)
-                trace.due = due
-                self._traces.move_to_end(trace_id)
-            self._buffered += count
-            self._wake.notify()
+                held = engine.traces.get(trace_id)
+                if held is None:
+                    held = engine.open(trace_id, _TraceState())
+                held.state.requests.append(request)
+                engine.extend(held, spans)
+                engine.schedule(trace_id, held)
 
     def _put(self, message: Any) -> None:
         if not self._forward.put(message):
             self.stats.forward_dropped += 1
 
-    # --- analysis (one worker) --------------------------------------------------------------------
+    # --- analysis (released by the engine's worker) -----------------------------------------------
 
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                due = self._take_due(everything=self._stopping)
-                while not due and not self._stopping:
-                    self._wake.wait(timeout=self._wait_time())
-                    due = self._take_due(everything=self._stopping)
-                stopping = self._stopping
-            for trace_id, trace in due:
-                self._analyse(trace_id, trace)
-            if stopping and not due:
-                return
-
-    def _wait_time(self) -> float:
-        if not self._traces:
-            return 1.0
-        first = next(iter(self._traces.values()))
-        return max(0.001, first.due - time.monotonic())
-
-    def _take_due(self, everything: bool = False) -> list[tuple[int, _Trace]]:
-        """Traces whose wait passed, oldest first. Caller holds the lock."""
-        now = time.monotonic()
-        due: list[tuple[int, _Trace]] = []
-        while self._traces:
-            trace_id, trace = next(iter(self._traces.items()))
-            if not everything and trace.due > now:
-                break
-            self._traces.popitem(last=False)
-            self._buffered -= len(trace.spans)
-            due.append((trace_id, trace))
-        return due
-
-    def _analyse(self, trace_id: int, trace: _Trace) -> None:
-        findings: list[Finding] = []
+    def _analyse(self, trace_id: int, held: Held[ProtoSpan, _TraceState], deadline: float | None) -> None:
+        spans = held.spans
         try:
-            self._learn_app_alerts(trace.spans)
-            if worth_analysing(shape_of_proto(trace.spans), self._detectors):
-                tree = TraceTree(trace_id, [node_from_proto(*span) for span in trace.spans])
-                findings = analyze_tree(tree, self._detectors, source="collector")
-                if findings:
-                    _annotate(tree, findings)
-                    findings = [finding for finding in findings if not self._already_alerted(tree, finding)]
-            self.stats.traces_analysed += 1
-            self.stats.spans_analysed += len(trace.spans)
-            self.stats.findings += len(findings)
+            self._learn_app_alerts(spans)
         except Exception:
-            self.stats.analysis_errors += 1
-            logger.exception(
-                "otel-perf analyzer: analysis of trace %032x failed; forwarding it as is", trace_id
-            )
+            logger.exception("otel-perf analyzer: reading the app's alerts in trace %032x failed", trace_id)
+        findings = analyse_trace(
+            trace_id,
+            spans,
+            PROTO,
+            self._detectors,
+            self.stats,
+            source="collector",
+            keep=self._not_alerted if self._skip_marked else None,
+        )
         if findings:
             self.router.submit(findings)
-        for request in trace.requests:
+        for request in held.state.requests:
             request.remaining -= 1
             if request.remaining == 0:
                 self._put(request.message)
@@ -228,39 +189,19 @@ class AnalysisPipeline:
                         fingerprint, event.time_unix_nano or span.end_time_unix_nano, severity
                     )
 
-    def _already_alerted(self, tree: TraceTree, finding: Finding) -> bool:
-        """Mode both: the app marked these spans with this finding's fingerprint, so it alerted."""
-        if not self._skip_marked:
-            return False
+    def _not_alerted(self, tree: TraceTree, finding: Finding) -> bool:
+        """Mode both: False where the app marked these spans with this finding's fingerprint, so it
+        alerted."""
         marked = all(
             tree.nodes[span_id].perf_fingerprint == finding.fingerprint for span_id in finding.offending
         )
         self.stats.findings_already_alerted += marked
-        return marked
+        return not marked
 
     # --- lifecycle --------------------------------------------------------------------------------
 
     def drain(self, timeout_s: float = 10.0) -> None:
         """Analyse everything held now and stop the worker."""
-        with self._lock:
-            self._stopping = True
-            self._wake.notify_all()
-        self._worker.join(timeout=timeout_s)
-
-
-def _annotate(tree: TraceTree, findings: list[Finding]) -> None:
-    """Add `perf.issue` attributes to the flagged spans, in the protobuf messages themselves."""
-    for span_id, (issue, fingerprint, issues) in span_marks(findings).items():
-        node = tree.nodes.get(span_id)
-        if node is None or node.source is None:
-            continue
-        attributes = node.source.attributes
-        present = {kv.key for kv in attributes}
-        if semconv.PERF_ISSUE not in present:
-            attributes.append(KeyValue(key=semconv.PERF_ISSUE, value=AnyValue(string_value=issue)))
-            attributes.append(
-                KeyValue(key=semconv.PERF_FINGERPRINT, value=AnyValue(string_value=fingerprint))
-            )
-        if len(issues) > 1 and semconv.PERF_ISSUES not in present:
-            listed = ArrayValue(values=[AnyValue(string_value=issue) for issue in issues])
-            attributes.append(KeyValue(key=semconv.PERF_ISSUES, value=AnyValue(array_value=listed)))
+        deadline = time.monotonic() + timeout_s
+        self._engine.stop(timeout_s)
+        self._engine.drain(deadline)

@@ -49,6 +49,7 @@ from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.errors import OtlpFormatError, RequestTooLarge, Unavailable, UnsupportedMediaType
 from otel_perf.processors import semconv
 from otel_perf.processors.detectors.base import Detector
+from otel_perf.processors.engine import ENGINE_COUNTERS
 
 logger = logging.getLogger("otel_perf.analyzer")
 
@@ -130,9 +131,7 @@ class Analyzer:
 
     def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.config.max_request_bytes:
-            raise RequestTooLarge(
-                f"request of {len(payload)} bytes exceeds {self.config.max_request_bytes}"
-            )
+            raise RequestTooLarge(f"request of {len(payload)} bytes exceeds {self.config.max_request_bytes}")
 
     # --- gRPC -------------------------------------------------------------------------------------
 
@@ -187,7 +186,7 @@ class Analyzer:
             return await self._http_export(request, self.export_metrics)
 
         async def healthz(_: Request) -> Response:
-            alive = self.pipeline._worker.is_alive()
+            alive = self.pipeline.worker_alive
             return JSONResponse(
                 {"status": "ok" if alive else "analysis worker stopped"}, status_code=200 if alive else 500
             )
@@ -224,9 +223,7 @@ class Analyzer:
         declared = int(request.headers.get("content-length") or 0)
         try:
             if declared > self.config.max_request_bytes:
-                raise RequestTooLarge(
-                    f"request of {declared} bytes exceeds {self.config.max_request_bytes}"
-                )
+                raise RequestTooLarge(f"request of {declared} bytes exceeds {self.config.max_request_bytes}")
             payload = await request.body()
             if request.headers.get("content-encoding", "").lower() == "gzip":
                 payload = _gunzip(payload, self.config.max_request_bytes)
@@ -309,16 +306,20 @@ class _StatsCollector:
     def collect(self) -> Any:
         pipeline, router = self.analyzer.pipeline.stats, self.analyzer.router.stats
         forwarder = self.analyzer.forwarder
+        # The engine's counters, named after its stats fields (`ENGINE_COUNTERS`), then the analyzer's.
+        for counter in ENGINE_COUNTERS:
+            name = f"otel_perf_analyzer_{counter.field}"
+            if counter.by_reason is None:
+                family = CounterMetricFamily(name, counter.description)
+                family.add_metric([], getattr(pipeline, counter.field))
+            else:
+                family = CounterMetricFamily(name, counter.description, labels=["reason"])
+                for reason, count in dict(getattr(pipeline, counter.by_reason)).items():
+                    family.add_metric([reason], count)
+            yield family
         counters = {
             "otel_perf_analyzer_requests": ("OTLP trace requests accepted.", pipeline.requests),
             "otel_perf_analyzer_spans_received": ("Spans received.", pipeline.spans_received),
-            "otel_perf_analyzer_traces_analysed": ("Traces analysed.", pipeline.traces_analysed),
-            "otel_perf_analyzer_spans_analysed": ("Spans analysed.", pipeline.spans_analysed),
-            "otel_perf_analyzer_spans_unanalysed": (
-                "Spans passed through unanalysed (bound hit).",
-                pipeline.spans_unanalysed,
-            ),
-            "otel_perf_analyzer_findings": ("Findings to alert on.", pipeline.findings),
             "otel_perf_analyzer_findings_already_alerted": (
                 "Findings the app had already alerted (mode both).",
                 pipeline.findings_already_alerted,
@@ -336,7 +337,6 @@ class _StatsCollector:
                 "Requests refused: export queue full.",
                 pipeline.rejected_unavailable,
             ),
-            "otel_perf_analyzer_analysis_errors": ("Traces whose analysis failed.", pipeline.analysis_errors),
             "otel_perf_analyzer_forwarded": ("Requests forwarded to the collector.", forwarder.sent),
             "otel_perf_analyzer_forward_dropped": ("Requests dropped on the way back.", forwarder.dropped),
             "otel_perf_analyzer_metric_points_received": (
@@ -372,5 +372,3 @@ class _StatsCollector:
         for sink, count in router.sink_failures.items():
             failed.add_metric([sink], count)
         yield failed
-
-

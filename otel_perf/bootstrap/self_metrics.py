@@ -1,17 +1,19 @@
-"""otel-perf's own counters as OpenTelemetry metrics, exported with the app's: what was analysed,
-what was exported unanalysed (a bound was hit), alerts sent and suppressed, sink failures."""
+"""otel-perf's own counters as OpenTelemetry metrics, exported with the app's: what was held and
+analysed, what was exported unanalysed (a bound was hit) or skipped, by reason, alerts sent and
+suppressed, sink failures. The processor's counters are named after its stats fields
+(`PROCESSOR_COUNTERS`: `traces_analysed` → `otel_perf.traces.analysed`), as the analyzer's are
+in its Prometheus `/metrics`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_perf.alerting.router import RouterStats
 from otel_perf.processors import failsafe
-from otel_perf.processors.processor import ProcessorStats
+from otel_perf.processors.processor import PROCESSOR_COUNTERS, ProcessorStats
 
 
 def _observe(
@@ -26,39 +28,52 @@ def _observe(
     return callback
 
 
+def _stat(stats: ProcessorStats, field: str) -> Callable[[], int | dict[str, int]]:
+    def read() -> int | dict[str, int]:
+        value: int | dict[str, int] = getattr(stats, field)
+        return dict(value) if isinstance(value, dict) else value
+
+    return read
+
+
 def register_self_metrics(stats: ProcessorStats, router: RouterStats) -> None:
     meter = metrics.get_meter("otel_perf")
-    counters: dict[str, tuple[Callable[[], Any], str, str]] = {
-        "otel_perf.traces.analysed": (lambda: stats.traces_analysed, "", "Traces analysed in-process."),
-        "otel_perf.spans.analysed": (lambda: stats.spans_analysed, "", "Spans analysed in-process."),
-        "otel_perf.spans.unanalysed": (
-            lambda: stats.spans_unanalysed,
-            "",
-            "Spans exported without analysis (a bound was hit, or late).",
-        ),
-        "otel_perf.traces.skipped": (
-            lambda: stats.traces_skipped,
-            "",
-            "Traces not analysed in-process (CPU share or max_traces).",
-        ),
-        "otel_perf.findings": (lambda: stats.findings, "", "Findings produced by detectors."),
-        "otel_perf.export.waits_timed_out": (
-            lambda: stats.export_waits_timed_out,
-            "",
-            "Hand-overs to an exporter whose queue stayed full past OTEL_PERF_EXPORT_WAIT_S.",
-        ),
-        "otel_perf.alerts.sent": (lambda: router.sent, "", "Alerts delivered to the sinks."),
-        "otel_perf.alerts.suppressed": (
-            lambda: router.suppressed_duplicate + router.suppressed_rate_limit + router.suppressed_severity,
-            "",
-            "Findings not alerted: duplicate in cooldown, rate limit, or below the minimum severity.",
-        ),
-        "otel_perf.sink.failures": (lambda: dict(router.sink_failures), "sink", "Failed alert deliveries."),
-        "otel_perf.hook.failures": (
-            lambda: dict(failsafe.failures),
-            "hook",
-            "Exceptions inside otel-perf's hooks in application code, contained (never raised).",
-        ),
+    # name: (read, label, unit, description)
+    counters: dict[str, tuple[Callable[[], int | dict[str, int]], str, str, str]] = {
+        "otel_perf." + counter.field.replace("_", ".", 1): (
+            _stat(stats, counter.by_reason or counter.field),
+            "reason" if counter.by_reason else "",
+            counter.unit,
+            counter.description,
+        )
+        for counter in PROCESSOR_COUNTERS
     }
-    for name, (read, label, description) in counters.items():
-        meter.create_observable_counter(name, callbacks=[_observe(read, label)], description=description)
+    counters.update(
+        {
+            "otel_perf.alerts.sent": (lambda: router.sent, "", "{alert}", "Alerts delivered to the sinks."),
+            "otel_perf.alerts.suppressed": (
+                lambda: (
+                    router.suppressed_duplicate + router.suppressed_rate_limit + router.suppressed_severity
+                ),
+                "",
+                "{finding}",
+                "Findings not alerted: duplicate in cooldown, rate limit, or below the minimum severity.",
+            ),
+            "otel_perf.sink.failures": (
+                lambda: dict(router.sink_failures),
+                "sink",
+                "{failure}",
+                "Failed alert deliveries.",
+            ),
+            "otel_perf.hook.failures": (
+                lambda: dict(failsafe.failures),
+                "hook",
+                "{failure}",
+                "Exceptions inside otel-perf's hooks in application code, contained (never raised).",
+            ),
+        }
+    )
+    for name, (read, label, unit, description) in counters.items():
+        meter.create_observable_counter(
+            name, callbacks=[_observe(read, label)], unit=unit, description=description
+        )

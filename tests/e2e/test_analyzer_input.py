@@ -106,7 +106,7 @@ def test_http_protobuf_json_and_gzip_are_accepted_and_forwarded(
             ).encode(),
             {"Content-Type": "application/json"},
             400,
-            "trace_id must be 16 bytes",
+            "traceId must be 32 hex characters",
         ),
         (
             json.dumps({"resourceSpans": "nope"}).encode(),
