@@ -10,6 +10,8 @@ Detectors skip echoes: one query is one query.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
 from otel_perf.processors.tree import SpanNode
 
@@ -34,10 +36,9 @@ def _echoes(inner: SpanNode, outer: SpanNode) -> bool:
     return outer.start_ns <= inner.start_ns and inner.end_ns <= outer.end_ns and inner.scope != outer.scope
 
 
-def echoes_among(children: list[SpanNode]) -> set[int]:
-    """Ids of the siblings (sorted by start, as in a tree) that echo an earlier sibling: same
-    signature, inside its time. Linear: each is compared with the last call of its signature."""
-    echoes: set[int] = set()
+def _calls(children: list[SpanNode]) -> Iterator[tuple[SpanNode, Signature, bool]]:
+    """(span, signature, whether it echoes an earlier sibling) for each sibling that is a call, in
+    start order. Linear: each is compared with the last call of its signature."""
     last_call: dict[Signature, SpanNode] = {}
     for child in children:
         key = signature(child)
@@ -45,10 +46,24 @@ def echoes_among(children: list[SpanNode]) -> set[int]:
             continue
         outer = last_call.get(key)
         if outer is not None and _echoes(child, outer):
-            echoes.add(child.span_id)
+            yield child, key, True
         else:
             last_call[key] = child
-    return echoes
+            yield child, key, False
+
+
+def group_calls(children: list[SpanNode]) -> dict[Signature, list[SpanNode]]:
+    """Sibling calls by signature, echoes left out (one pass: this runs for every parent)."""
+    groups: dict[Signature, list[SpanNode]] = {}
+    for child, key, echo in _calls(children):
+        if not echo:
+            groups.setdefault(key, []).append(child)
+    return groups
+
+
+def echoes_among(children: list[SpanNode]) -> set[int]:
+    """Ids of the siblings (sorted by start, as in a tree) that echo an earlier sibling."""
+    return {child.span_id for child, _, echo in _calls(children) if echo}
 
 
 def is_echo(node: SpanNode) -> bool:

@@ -23,7 +23,7 @@ from pydantic_settings import SettingsConfigDict
 
 from otel_perf.processors.config import Section
 from otel_perf.processors.detectors.base import operation_of, short
-from otel_perf.processors.detectors.calls import Signature, echoes_among, signature
+from otel_perf.processors.detectors.calls import Signature, group_calls, signature
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
 from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
 from otel_perf.processors.tree import KIND_SERVER, SpanNode, TraceShape, TraceTree
@@ -86,14 +86,7 @@ class NPlusOneDetector:
         for parent in tree.walk():
             if len(parent.children) < min_repeats:
                 continue
-            groups: dict[Signature, list[SpanNode]] = {}
-            echoes = echoes_among(parent.children)
-            for child in parent.children:
-                if child.span_id in echoes:
-                    continue
-                key = signature(child)
-                if key is not None:
-                    groups.setdefault(key, []).append(child)
+            groups = group_calls(parent.children)
             regrouped: dict[Signature, list[SpanNode]] = {}
             for key, members in groups.items():
                 if len(members) >= min_repeats:
