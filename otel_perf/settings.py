@@ -101,10 +101,14 @@ _CONFIG_VARIABLE = re.compile(r"\$\{env:(OTEL_PERF_[A-Z0-9_]+)")
 def _variables_read_elsewhere() -> set[str]:
     """`OTEL_PERF_*` names that are not settings but are read all the same: by the shipped collector
     configs (`${env:OTEL_PERF_…}`) and by the toolchain (binary overrides)."""
-    # Imported only when a name is not a setting: the toolchain (YAML, …) stays out of app start-up.
-    from otel_perf.stack.toolchain import BIN_DIR_ENV, OVERRIDE_ENV
-
-    names = {*OVERRIDE_ENV.values(), BIN_DIR_ENV}
+    # Imported only when a name is not a setting: the toolchain (YAML, …) stays out of app start-up,
+    # and it is only there with the `stack` extra.
+    try:
+        from otel_perf.stack.toolchain import BIN_DIR_ENV, OVERRIDE_ENV
+    except ImportError:
+        names: set[str] = set()
+    else:
+        names = {*OVERRIDE_ENV.values(), BIN_DIR_ENV}
     for config in resources.files("otel_perf.collector").iterdir():
         if config.name.endswith((".yaml", ".yml")):
             names.update(_CONFIG_VARIABLE.findall(config.read_text(encoding="utf-8")))

@@ -520,7 +520,8 @@ def test_demo_image_installs_the_repository_and_runs_the_shop_under_the_launcher
     assert (COMPOSE_DIR / build["context"]).resolve() == ROOT
     dockerfile = (ROOT / build["dockerfile"]).read_text()
     assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
-    assert re.search(r"^RUN pip install /tmp/otel-perf-src", dockerfile, re.M)
+    # One image for the analyzer and the demo shop: the core plus both extras.
+    assert re.search(r'^RUN pip install "/tmp/otel-perf-src\[analyzer,demo\]"', dockerfile, re.M)
     assert re.search(r"^COPY otel_perf/demo/app\.py /app/main\.py$", dockerfile, re.M)
     assert services["app"]["command"] == ["opentelemetry-instrument", "python", "main.py"]
     assert services["analyzer"]["command"] == ["otel-perf", "analyzer"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import threading
 import time
 import urllib.error
@@ -19,8 +21,6 @@ from urllib.parse import urlsplit
 from opentelemetry.instrumentation.utils import suppress_instrumentation
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
-from rich.console import Console
-from rich.markup import escape
 
 from otel_perf.alerting.alert import Alert, Sink
 from otel_perf.errors import WebhookError
@@ -174,26 +174,21 @@ class WebhookSink:
 
 
 class ConsoleSink:
+    """One line per alert on stderr, the severity coloured where stderr is a terminal (and
+    `NO_COLOR` is unset). Plain text: titles quote SQL (`[dbo].[orders]`) and URLs."""
+
     name = "console"
+    _COLOURS = {Severity.LOW: "36", Severity.MEDIUM: "33", Severity.HIGH: "31", Severity.CRITICAL: "1;31"}
 
     def __init__(self) -> None:
-        self._console = Console(stderr=True, highlight=False)
+        self._colour = sys.stderr.isatty() and "NO_COLOR" not in os.environ
 
     def send(self, alert: Alert) -> None:
         finding = alert.finding
-        colour = {
-            Severity.LOW: "cyan",
-            Severity.MEDIUM: "yellow",
-            Severity.HIGH: "red",
-            Severity.CRITICAL: "bold red",
-        }
-        # The title quotes SQL (`[dbo].[orders]`) and URLs: text, never markup.
-        label = f"[{colour[finding.severity]}]otel-perf {finding.severity.label.upper()}[/]"
-        self._console.print(
-            f"{label} {escape(finding.title)}",
-            markup=True,
-            soft_wrap=True,
-        )
+        label = f"otel-perf {finding.severity.label.upper()}"
+        if self._colour:
+            label = f"\x1b[{self._COLOURS[finding.severity]}m{label}\x1b[0m"
+        print(f"{label} {finding.title}", file=sys.stderr, flush=True)
 
     def flush(self) -> None:
         pass

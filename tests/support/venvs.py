@@ -32,9 +32,10 @@ def _run(*argv: str | Path) -> None:
         raise RuntimeError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
 
 
-def user_venv(name: str, *, bootstrap: bool = False) -> Path:
+def user_venv(name: str, *, bootstrap: bool = False, core: bool = False) -> Path:
     """The `bin` directory of `.venv-<name>`: otel-perf installed from this tree as `pip install .`
-    does, with the app extras, and after `opentelemetry-bootstrap -a install` if `bootstrap`."""
+    does, with the app extras (`core`: the core alone, no extra at all), and after
+    `opentelemetry-bootstrap -a install` if `bootstrap`."""
     root = REPO / f".venv-{name}"
     python = root / "bin" / "python"
     with open(REPO / f".venv-{name}.lock", "w") as lock:
@@ -44,7 +45,8 @@ def user_venv(name: str, *, bootstrap: bool = False) -> Path:
             _run(sys.executable, "-m", "venv", "--clear", root)
             _run(python, "-m", "pip", "install", "--quiet", "--upgrade", "pip")
             family = BOOTSTRAP_FAMILY if bootstrap else ()
-            _run(python, "-m", "pip", "install", "--quiet", f"{REPO}[test]", *APP_EXTRAS, *family)
+            wanted = [str(REPO)] if core else [f"{REPO}[test]", *APP_EXTRAS, *family]
+            _run(python, "-m", "pip", "install", "--quiet", *wanted)
             if bootstrap:
                 _run(root / "bin" / "opentelemetry-bootstrap", "-a", "install")
                 modules = ", ".join(f"opentelemetry.instrumentation.{name}" for name in BOOTSTRAPPED)
