@@ -278,6 +278,7 @@ def _is_route_word(segment: str) -> bool:
     )
 
 
+@lru_cache(maxsize=4096)  # route words repeat across URLs that differ in their ids
 def _template_segment(segment: str) -> str:
     # Path parameters (`cart;jsessionid=…`) carry session tokens: keep the name only.
     segment = segment.split(";", 1)[0]
