@@ -110,18 +110,24 @@ async def async_run_sync() -> dict[int, str]:
         return await session.run_sync(_names)
 
 
+# The session that loaded the objects an endpoint returned, kept until that endpoint is called again:
+# the objects are serialised after the endpoint returned, and must still be attached to it.
+_serialising: dict[str, Session] = {}
+ORDERS = select(Order).where(Order.id <= ITEMS).order_by(Order.id)
+
+
 @app.get("/sync/serialized", response_model=list[OrderOut])
 def sync_serialized() -> list[Order]:
     """The endpoint returns ORM objects; FastAPI reads `order.customer` while serialising them."""
-    session = Session(engine)
-    return list(session.scalars(select(Order).where(Order.id <= ITEMS).order_by(Order.id)).all())
+    session = _serialising["sync"] = Session(engine)
+    return list(session.scalars(ORDERS).all())
 
 
 @app.get("/async/serialized", response_model=list[OrderOut])
 async def async_serialized() -> list[Order]:
     """The same from an async endpoint (serialised on the event loop, not in the thread pool)."""
-    session = Session(engine)
-    return list(session.scalars(select(Order).where(Order.id <= ITEMS).order_by(Order.id)).all())
+    session = _serialising["async"] = Session(engine)
+    return list(session.scalars(ORDERS).all())
 
 
 if __name__ == "__main__":
