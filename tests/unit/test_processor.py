@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterator
@@ -291,3 +292,26 @@ def test_over_the_cpu_share_traces_are_exported_unanalysed_and_counted() -> None
     assert len(skipped_children) == 24
     # Spans of skipped traces don't pay for call-site capture either.
     assert all("code.function.name" not in span.attributes for span in skipped_children)
+
+
+def test_built_with_no_arguments_it_reads_the_environment_and_alerts(tmp_path, monkeypatch) -> None:
+    """The DESIGN contract for users who build their own TracerProvider: settings from `OTEL_PERF_*`,
+    the registry's detectors, alerts to the sinks the environment configures."""
+    alerts = tmp_path / "alerts.jsonl"
+    monkeypatch.setenv("OTEL_PERF_ALERTS_FILE", str(alerts))
+    monkeypatch.setenv("OTEL_PERF_ALERTS_OTLP", "false")
+    monkeypatch.setenv("OTEL_PERF_ANALYSIS_CPU_SHARE", "1")
+    monkeypatch.setenv("OTEL_PERF_TRACE_GRACE_MS", "0")
+    processor = TraceAnalysisSpanProcessor()
+    provider = TracerProvider(resource=Resource.create({"service.name": "shop"}))
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("unit")
+    with tracer.start_as_current_span("GET /authors", kind=SpanKind.SERVER):
+        for i in range(6):
+            attributes = {"db.system": "sqlite", "db.statement": f"SELECT * FROM authors WHERE id = {i}"}
+            with tracer.start_as_current_span("SELECT", kind=SpanKind.CLIENT, attributes=attributes):
+                pass
+    assert provider.force_flush(10_000)
+    provider.shutdown()
+    [alert] = [json.loads(line) for line in alerts.read_text().splitlines()]
+    assert alert["type"] == "n_plus_one" and alert["operation"] == "GET /authors"
