@@ -148,6 +148,8 @@ def analyzer(args: argparse.Namespace) -> None:
         sinks=settings.sinks,
         analyses=settings.processor.analyses_in_collector,
         skip_marked=settings.processor.mode == "both",
+        monitor=settings.monitor,
+        monitors=settings.monitors,
     ).serve()
 
 

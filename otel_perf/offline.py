@@ -7,15 +7,18 @@ of last week's export gives the alerts last week's traffic would have given.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO
 
 from otel_perf.alerting.alert import Alert
 from otel_perf.alerting.router import AlertRouter
+from otel_perf.processors import semconv
 from otel_perf.processors.analysis import analyze_tree, build_detectors
 from otel_perf.processors.errors import OtlpFormatError
+from otel_perf.processors.findings import DiscardFindings, Finding
+from otel_perf.processors.monitors import Watcher, build_watcher
 from otel_perf.processors.sources import read_json_lines
-from otel_perf.processors.tree import SpanNode, TraceTree
+from otel_perf.processors.tree import SpanNode, TraceTree, starts_request
 from otel_perf.settings import Settings
 
 
@@ -46,14 +49,55 @@ def _text_lines(stream: IO[bytes], on_error: Callable[[OtlpFormatError], None] |
 def analyze_traces(
     traces: dict[int, list[SpanNode]], settings: Settings, *, dedup: bool = True
 ) -> Iterator[Alert]:
-    """Alerts in trace end-time order; with `dedup`, routed (cooldown, rate limit) like live ones."""
+    """Alerts in trace end-time order, the monitors' (trends, error rates) as their windows close;
+    with `dedup`, routed (cooldown, rate limit) like live ones."""
     detectors = build_detectors(settings.detectors)
     router = AlertRouter(settings.router, replay=True)
+    watched = _Collected()
+    watcher = build_watcher(settings.monitor, settings.monitors, findings=watched, replay=True)
     trees = sorted(
         (TraceTree(trace_id, nodes) for trace_id, nodes in traces.items()), key=lambda tree: tree.end_ns()
     )
     for tree in trees:
-        for finding in analyze_tree(tree, detectors, source="offline"):
-            alert = router.decide(finding) if dedup else Alert(finding)
-            if alert is not None:
-                yield alert
+        findings = analyze_tree(tree, detectors, source="offline")
+        if watcher is not None:
+            _watch(watcher, tree)
+            watcher.advance()
+            findings.extend(watched.take())
+        yield from _route(findings, router, dedup)
+    if watcher is not None:
+        watcher.finish()
+        yield from _route(watched.take(), router, dedup)
+
+
+def _watch(watcher: Watcher, tree: TraceTree) -> None:
+    for node in tree.nodes.values():
+        if (
+            starts_request(node.parent_id is not None, node.kind)
+            and node.span_id not in tree.placeholders
+            and node.name != semconv.ALERT_SPAN_NAME
+        ):
+            watcher.record(
+                node.service, node.name, node.service_version, node.end_ns, node.duration_ns, node.is_error
+            )
+
+
+def _route(findings: Iterable[Finding], router: AlertRouter, dedup: bool) -> Iterator[Alert]:
+    for finding in findings:
+        alert = router.decide(finding) if dedup else Alert(finding)
+        if alert is not None:
+            yield alert
+
+
+class _Collected(DiscardFindings):
+    """The monitors' findings, kept until the replay loop routes them in time order."""
+
+    def __init__(self) -> None:
+        self._findings: list[Finding] = []
+
+    def submit(self, findings: Sequence[Finding]) -> None:
+        self._findings.extend(findings)
+
+    def take(self) -> list[Finding]:
+        taken, self._findings = self._findings, []
+        return taken

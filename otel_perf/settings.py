@@ -21,13 +21,16 @@ from otel_perf.alerting.sinks import SinkSettings
 from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.processors.config import Section
 from otel_perf.processors.detectors import REGISTRY
+from otel_perf.processors.monitors import REGISTRY as MONITORS
+from otel_perf.processors.monitors import MonitorSettings
 from otel_perf.processors.processor import ProcessorSettings
 
 logger = logging.getLogger("otel_perf.settings")
 
 
 class Settings(BaseModel):
-    """All sections: the hosts' and the router's, and one per registered detector (by its name)."""
+    """All sections: the hosts', the router's and the watcher's, and one per registered detector and
+    monitor (by its name)."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -35,23 +38,32 @@ class Settings(BaseModel):
     router: RouterSettings
     sinks: SinkSettings
     analyzer: AnalyzerSettings
+    monitor: MonitorSettings
     detectors: dict[str, Section]
+    monitors: dict[str, Section]
 
     @classmethod
     def sections(cls) -> list[tuple[str, type[Section]]]:
-        """(name, section class) of every section; detectors' come from the registry."""
+        """(name, section class) of every section; detectors' and monitors' come from their registries."""
         fixed: list[tuple[str, type[Section]]] = [
             ("processor", ProcessorSettings),
             ("router", RouterSettings),
             ("sinks", SinkSettings),
             ("analyzer", AnalyzerSettings),
+            ("monitor", MonitorSettings),
         ]
-        return fixed + [(name, section) for name, (_, section) in REGISTRY.items()]
+        return (
+            fixed
+            + [(name, section) for name, (_, section) in REGISTRY.items()]
+            + [(name, section) for name, (_, section) in MONITORS.items()]
+        )
 
     def section(self, name: str) -> Section:
         """The section named `name` (see `sections`)."""
         if name in self.detectors:
             return self.detectors[name]
+        if name in self.monitors:
+            return self.monitors[name]
         section: Section = getattr(self, name)
         return section
 
@@ -71,7 +83,8 @@ class Settings(BaseModel):
             for name, section in cls.sections()
         }
         detectors = {name: loaded.pop(name) for name in REGISTRY}
-        return cls.model_validate({**loaded, "detectors": detectors})
+        monitors = {name: loaded.pop(name) for name in MONITORS}
+        return cls.model_validate({**loaded, "detectors": detectors, "monitors": monitors})
 
 
 def documented_variables() -> list[tuple[str, str, str]]:

@@ -16,6 +16,11 @@ from typing import Any, Protocol
 
 MAX_SPAN_IDS = 50
 
+# `details.status` of the monitors' findings (trends, error rates): a regression fires once and
+# resolves once, under one fingerprint.
+FIRING = "firing"
+RESOLVED = "resolved"
+
 
 class Severity(enum.IntEnum):
     """The seeds' four levels; ordered, so `max()` and comparisons work."""
@@ -85,6 +90,11 @@ class Finding:
     source: str = "in_process"
     # A stable short description (no counts or durations): what Alertmanager groups by.
     summary: str = ""
+
+    @property
+    def resolved(self) -> bool:
+        """Whether this finding says that an earlier one (same fingerprint) is over."""
+        return self.details.get("status") == RESOLVED
 
     @property
     def span_ids(self) -> list[str]:

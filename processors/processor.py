@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Literal
 
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -44,6 +44,7 @@ from otel_perf.processors.engine import (
 )
 from otel_perf.processors.failsafe import record_failure
 from otel_perf.processors.findings import FindingsHandler, default_handler
+from otel_perf.processors.monitors import Watcher, build_watcher
 from otel_perf.processors.sources import READABLE
 
 if TYPE_CHECKING:
@@ -170,13 +171,19 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         detectors: Sequence[Detector] | None = None,
         findings: FindingsHandler | None = None,
         export_processor: SpanProcessor | None = None,
+        watcher: Watcher | Literal["env"] | None = "env",
     ) -> None:
         """Each argument defaults to what `OTEL_PERF_*` configures: this processor's section, the
-        registry's enabled detectors, and the default findings handler (otel-perf's alert router)."""
+        registry's enabled detectors, the default findings handler (otel-perf's alert router) and
+        the watcher of trends and error rates (None: no watching)."""
         self._config = config = config if config is not None else ProcessorSettings.load()
         self._active = config.analyses_in_process
         self._detectors = list(detectors) if detectors is not None else build_detectors()
         self.findings = findings if findings is not None else default_handler()
+        if watcher == "env":
+            watcher = build_watcher(findings=self.findings) if self._active else None
+        self.watcher = watcher if self._active else None
+        self._identity: tuple[object, str, str | None] = (None, "", None)  # resource → service, version
         self._downstream: tuple[SpanProcessor, ...] = (export_processor,) if export_processor else ()
         self._locator = CodeLocator() if config.capture_code_location else None
         self._budget = AnalysisBudget(config.analysis_cpu_share)
@@ -274,6 +281,13 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             held.state.open_roots += 1
 
     def on_end(self, span: ReadableSpan) -> None:
+        if self.watcher is not None:
+            parent = span.parent
+            if parent is None or parent.is_remote:  # a request (any local root), analysed or not
+                try:
+                    self._watch(span)
+                except Exception:  # never into application code
+                    record_failure("request watch")
         # Spans of traces not being analysed (and late stragglers) go straight to export.
         if self._active and span.context.trace_id in self._traces:
             try:
@@ -282,6 +296,22 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             except Exception:  # never into application code
                 record_failure("span end")
         self._forward((span,))
+
+    def _watch(self, span: ReadableSpan) -> None:
+        """One request into the trend and error-rate windows: an append (see `monitors.watcher`)."""
+        resource = span.resource
+        cached, service, version = self._identity
+        if resource is not cached:
+            attributes = resource.attributes
+            service = str(attributes.get(semconv.SERVICE_NAME) or "unknown_service")
+            named = attributes.get(semconv.SERVICE_VERSION)
+            version = str(named) if named else None
+            self._identity = (resource, service, version)
+        start, end = span.start_time or 0, span.end_time or 0
+        if self.watcher is not None and span.name != semconv.ALERT_SPAN_NAME:
+            self.watcher.record(
+                service, span.name, version, end, end - start, span.status.status_code is StatusCode.ERROR
+            )
 
     def _buffer(self, span: ReadableSpan) -> bool:
         """Hold `span` with its trace; False when it must be exported unanalysed."""
@@ -399,6 +429,8 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
     def force_flush(self, timeout_millis: int = 30000) -> bool:
         """Analyse and export everything held now, complete or not, then flush downstream."""
         deadline = time.monotonic() + timeout_millis / 1000
+        if self.watcher is not None:
+            self.watcher.flush()
         flushed = self._engine.drain(deadline)
         flushed = self.findings.flush(max(0.0, deadline - time.monotonic())) and flushed
         for downstream in self._downstream:
@@ -407,6 +439,8 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         return flushed
 
     def shutdown(self) -> None:
+        if self.watcher is not None:
+            self.watcher.shutdown()
         self._engine.stop(timeout_s=5)
         self._engine.drain(time.monotonic() + 5)
         self.findings.shutdown()

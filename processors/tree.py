@@ -38,6 +38,14 @@ _LAZY_FIELDS = frozenset(
         "perf_fingerprint",
     )
 )
+
+
+def starts_request(has_parent: bool, kind: int) -> bool:
+    """Whether a span is a request the trend and error-rate monitors count: a trace's root, or a
+    server/consumer span (a service's entry in a distributed trace)."""
+    return not has_parent or kind in (KIND_SERVER, KIND_CONSUMER)
+
+
 KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
 
 

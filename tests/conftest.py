@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -8,6 +10,10 @@ import pytest
 from tests.support.apps import RunningApp, start_app
 from tests.support.postgres import Postgres
 from tests.support.recorder import Recorder
+
+# The monitors keep their windows under $XDG_STATE_HOME by default: never the tester's own (apps the
+# tests start inherit it). Tests of persistence name their own file.
+os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="otel-perf-test-state-")
 
 
 @pytest.fixture

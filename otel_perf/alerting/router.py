@@ -119,6 +119,8 @@ class AlertRouter:
         config = self.settings
         with self._decide_lock:
             self.stats.received += 1
+            if finding.resolved:
+                return self._resolution(finding)
             if finding.severity < config.min_severity:
                 self.stats.suppressed_severity += 1
                 return None
@@ -146,6 +148,17 @@ class AlertRouter:
             while len(self._seen) > _MAX_FINGERPRINTS:
                 self._seen.popitem(last=False)
             return Alert(finding, occurrences)
+
+    def _resolution(self, finding: Finding) -> Alert | None:
+        """A resolution goes out whatever the cooldown, severity or rate limit (a firing alert with no
+        resolution is worse than one message more), unless its alert was held back here. Unknown
+        here is not held back: another worker of the service may have sent it (the monitors resolve
+        only what fired). Caller holds the lock."""
+        seen = self._seen.pop(finding.fingerprint, None)
+        if seen is not None and not seen.last_sent_ns:
+            self.stats.suppressed_duplicate += 1
+            return None
+        return Alert(finding)
 
     def _routing_time(self, span_time_ns: int) -> int:
         """The time a decision is made at: span time, bounded by the receive time unless replaying."""

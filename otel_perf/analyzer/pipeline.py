@@ -27,13 +27,15 @@ from otel_perf.processors.analysis import analyse_trace
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.engine import OVER_MAX_BUFFERED_SPANS, EngineStats, Held, HoldBuffer
 from otel_perf.processors.findings import Finding, Severity
+from otel_perf.processors.monitors import Watcher
 from otel_perf.processors.sources import PROTO, ProtoSpan, spans_from_proto
-from otel_perf.processors.tree import TraceTree
+from otel_perf.processors.tree import TraceTree, starts_request
 
 logger = logging.getLogger("otel_perf.analyzer")
 
 # Why a request passed through unanalysed (`PipelineStats.unanalysed`), beside the engine's bounds.
 NOT_ANALYSING = "not_analysing"
+_STATUS_ERROR = 2  # OTLP Status.STATUS_CODE_ERROR
 
 
 class Forward(Protocol):
@@ -78,9 +80,12 @@ class AnalysisPipeline:
         *,
         analyses: bool = True,
         skip_marked: bool = True,
+        watcher: Watcher | None = None,
     ) -> None:
         """`analyses`: run the detectors (else only forward); `skip_marked`: skip findings the app
-        already marked on its spans (both hosts analyse: `OTEL_PERF_MODE=both`)."""
+        already marked on its spans (both hosts analyse: `OTEL_PERF_MODE=both`); `watcher`: where
+        every request (entry span) goes for trends and error rates, analysed or not."""
+        self.watcher = watcher
         self._config = config
         self._analyses = analyses
         self._skip_marked = skip_marked
@@ -124,6 +129,8 @@ class AnalysisPipeline:
             self.stats.rejected_bad_request += 1
             raise
         count = sum(len(spans) for spans in traces.values())
+        if self.watcher is not None:
+            self._watch(traces)
         self.stats.requests += 1
         self.stats.spans_received += count
         if not count:
@@ -143,6 +150,19 @@ class AnalysisPipeline:
                 held.state.requests.append(request)
                 engine.extend(held, spans)
                 engine.schedule(trace_id, held)
+
+    def _watch(self, traces: dict[int, list[ProtoSpan]]) -> None:
+        record = self.watcher.record if self.watcher is not None else None
+        if record is None:
+            return
+        for spans in traces.values():
+            for span, service, version, _ in spans:
+                if (
+                    starts_request(bool(span.parent_span_id), span.kind)
+                    and span.name != semconv.ALERT_SPAN_NAME
+                ):
+                    start, end = span.start_time_unix_nano, span.end_time_unix_nano
+                    record(service, span.name, version, end, end - start, span.status.code == _STATUS_ERROR)
 
     def _put(self, message: Any) -> None:
         if not self._forward.put(message):
@@ -205,3 +225,5 @@ class AnalysisPipeline:
         deadline = time.monotonic() + timeout_s
         self._engine.stop(timeout_s)
         self._engine.drain(deadline)
+        if self.watcher is not None:
+            self.watcher.shutdown()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +48,10 @@ from otel_perf.analyzer.pipeline import AnalysisPipeline
 from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.errors import OtlpFormatError, RequestTooLarge, Unavailable, UnsupportedMediaType
 from otel_perf.processors import semconv
+from otel_perf.processors.config import Section
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.engine import ENGINE_COUNTERS
+from otel_perf.processors.monitors import MonitorSettings, build_watcher
 
 logger = logging.getLogger("otel_perf.analyzer")
 
@@ -86,8 +88,12 @@ class Analyzer:
         sinks: SinkSettings,
         analyses: bool = True,
         skip_marked: bool = True,
+        monitor: MonitorSettings | None = None,
+        monitors: Mapping[str, Section] | None = None,
     ) -> None:
-        """Each part gets its own settings; `analyses`/`skip_marked` as in `AnalysisPipeline`."""
+        """Each part gets its own settings; `analyses`/`skip_marked` as in `AnalysisPipeline`;
+        `monitor` (the windows) and `monitors` (by registry name): trends and error rates of every
+        request received (None: not watched)."""
         self.config = config
         self.forwarder = Forwarder(config.export_endpoint, config.export_queue_size, config.export_timeout_s)
         resource = Resource.create({semconv.SERVICE_NAME: "otel-perf-analyzer"})
@@ -105,8 +111,15 @@ class Analyzer:
         )
         otlp = OtlpSink(self.tracer_provider, self.logger_provider)
         self.router = AlertRouter(router, build_sinks(sinks, otlp))
+        watcher = build_watcher(monitor, monitors, findings=self.router) if monitor and analyses else None
         self.pipeline = AnalysisPipeline(
-            config, detectors, self.forwarder, self.router, analyses=analyses, skip_marked=skip_marked
+            config,
+            detectors,
+            self.forwarder,
+            self.router,
+            analyses=analyses,
+            skip_marked=skip_marked,
+            watcher=watcher,
         )
         self.metrics_stats = MetricsStats()
         self.registry = CollectorRegistry()

@@ -23,6 +23,7 @@ from otel_perf.bootstrap.self_metrics import register_self_metrics
 from otel_perf.log_setup import ensure_stderr_logging
 from otel_perf.processors import orm
 from otel_perf.processors.analysis import build_detectors
+from otel_perf.processors.monitors import build_watcher
 from otel_perf.processors.processor import TraceAnalysisSpanProcessor
 from otel_perf.settings import Settings, warn_about_unknown_variables
 
@@ -95,6 +96,9 @@ def _build_analysis() -> tuple[TraceAnalysisSpanProcessor, AlertRouter] | None:
         return None
     router = AlertRouter(settings.router, build_sinks(settings.sinks))
     processor = TraceAnalysisSpanProcessor(
-        settings.processor, detectors=build_detectors(settings.detectors), findings=router
+        settings.processor,
+        detectors=build_detectors(settings.detectors),
+        findings=router,
+        watcher=build_watcher(settings.monitor, settings.monitors, findings=router),
     )
     return processor, router

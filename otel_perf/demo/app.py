@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import httpx
 import uvicorn
@@ -21,6 +22,10 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, rela
 PORT = int(os.environ.get("PORT", "8000"))
 DATABASE_URL = os.environ.get("DATABASE_URL", "sqlite:///./demo-shop.db")
 SELF_URL = f"http://127.0.0.1:{PORT}"
+
+# Release 1.1.0 of the shop computes search recommendations inline: the regression `otel-perf demo`
+# shows the trend monitor attributing to it.
+INLINE_RECOMMENDATIONS = os.environ.get("SHOP_RECOMMENDATIONS") == "inline"
 
 engine = create_engine(DATABASE_URL, pool_size=10, max_overflow=10)
 
@@ -160,6 +165,16 @@ def stock_level(sku: str) -> dict[str, object]:
     with Session(engine) as session:
         quantity = session.scalar(select(func.coalesce(func.sum(Item.quantity), 0)).where(Item.sku == sku))
         return {"sku": sku, "quantity": quantity}
+
+
+@app.get("/products/search")
+def search_products(prefix: str = "SKU-00") -> dict[str, object]:
+    """Fast; slower when recommendations are computed inline (release 1.1.0)."""
+    with Session(engine) as session:
+        skus = session.scalars(select(Item.sku).where(Item.sku.startswith(prefix)).distinct().limit(10)).all()
+    if INLINE_RECOMMENDATIONS:
+        time.sleep(0.03)  # stands in for a synchronous call to a recommendation service
+    return {"skus": list(skus)}
 
 
 SKUS = [f"SKU-{number:03d}" for number in range(8)]

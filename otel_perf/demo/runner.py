@@ -6,6 +6,7 @@ traces and alerts arrive there too).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +40,7 @@ TRAFFIC = [
     ("/reports/revenue", "a slow query"),
     ("/stock/sequential", "HTTP N+1 (calls in a loop)"),
     ("/stock/parallel", "HTTP fan-out (concurrent calls)"),
+    ("/products/search", "a quick search (until release 1.1.0)"),
 ]
 EXPECTED_FINDINGS = {
     "GET /orders",
@@ -77,40 +80,99 @@ def read_alerts(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def run_demo(console: Console, rounds: int = 3, timeout_s: float = 60.0) -> DemoResult:
+# Compressed time for the trend monitor: one-second windows, no daily season, few requests per window.
+COMPRESSED_TIME = {
+    "OTEL_PERF_MONITOR_WINDOW_S": "1",
+    "OTEL_PERF_MONITOR_LATENESS_S": "0.3",
+    "OTEL_PERF_MONITOR_FLUSH_INTERVAL_S": "0.2",
+    "OTEL_PERF_TREND_SEASON_S": "0",
+    "OTEL_PERF_TREND_MIN_REQUESTS": "5",
+    "OTEL_PERF_TREND_MIN_REFERENCE_WINDOWS": "5",
+}
+RELEASES = ("1.0.0", "1.1.0")  # 1.1.0 computes search recommendations inline: slower
+SEARCH = "/products/search"
+BASELINE_S = 10.0  # seconds (windows) of search traffic on 1.0.0
+
+
+def run_demo(console: Console, rounds: int = 3, timeout_s: float = 60.0, release: bool = True) -> DemoResult:
+    """The shop on 1.0.0 with every kind of traffic; then, with `release`, restarted as 1.1.0, whose
+    search is slower: the trend monitor compares it with the baseline the first run left behind."""
     workdir = Path(tempfile.mkdtemp(prefix="otel-perf-demo-"))
     shutil.copy(APP_SOURCE, workdir / "main.py")
     alerts_file = workdir / "alerts.jsonl"
-    port = free_port()
     env = {
         **os.environ,
-        "PORT": str(port),
+        **COMPRESSED_TIME,
         "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", "otel-perf-demo"),
         "OTEL_PERF_ALERTS_FILE": str(alerts_file),
+        "OTEL_PERF_MONITOR_STATE_PATH": str(workdir / "monitors.sqlite3"),
         # Export attempts with no collector would retry for seconds at shutdown.
         "OTEL_EXPORTER_OTLP_TIMEOUT": os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "2"),
         "PYTHONUNBUFFERED": "1",
     }
-    log_path = workdir / "app.log"
-    with log_path.open("w") as log:
-        app = subprocess.Popen(
-            instrument_command("main.py"), cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        with console.status("Starting the demo shop under opentelemetry-instrument…"):
-            _wait_ready(app, base, log_path, timeout_s)
-        with httpx.Client(base_url=base, timeout=30) as client, console.status("Sending traffic…"):
+    with _running(console, workdir, env, RELEASES[0], timeout_s) as client:
+        with console.status(f"Sending traffic to {RELEASES[0]}…"):
             for _ in range(rounds):
                 for path, _ in TRAFFIC:
                     client.get(path).raise_for_status()
+            if release:
+                _search_for(client, BASELINE_S)
         with console.status("Waiting for the analysis…"):
-            alerts = _wait_for_alerts(alerts_file, timeout_s=15)
-    finally:
-        _stop(app)
-    found = {str(alert["operation"]) for alert in alerts}
+            _wait_for_alerts(
+                alerts_file, lambda alerts: _operations(alerts) >= EXPECTED_FINDINGS, timeout_s=15
+            )
+    if release:
+        released = {**env, "SHOP_RECOMMENDATIONS": "inline"}
+        with (
+            _running(console, workdir, released, RELEASES[1], timeout_s) as client,
+            console.status(f"Released {RELEASES[1]}: sending search traffic…"),
+        ):
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not _has_trend(read_alerts(alerts_file)):
+                _search_for(client, 1.0)
+    alerts = read_alerts(alerts_file)
+    found = _operations(alerts)
     quiet = [path for path, _ in TRAFFIC if f"GET {_route_of(path)}" not in found]
     return DemoResult(alerts, quiet, workdir)
+
+
+@contextlib.contextmanager
+def _running(
+    console: Console, workdir: Path, env: dict[str, str], version: str, timeout_s: float
+) -> Iterator[httpx.Client]:
+    """The shop at `version`, under opentelemetry-instrument, stopped (gracefully) on exit."""
+    port = free_port()
+    attributes = ",".join(filter(None, [env.get("OTEL_RESOURCE_ATTRIBUTES"), f"service.version={version}"]))
+    app_env = {**env, "PORT": str(port), "OTEL_RESOURCE_ATTRIBUTES": attributes}
+    log_path = workdir / "app.log"
+    with log_path.open("a") as log:
+        app = subprocess.Popen(
+            instrument_command("main.py"), cwd=workdir, env=app_env, stdout=log, stderr=subprocess.STDOUT
+        )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        with console.status(f"Starting the demo shop {version} under opentelemetry-instrument…"):
+            _wait_ready(app, base, log_path, timeout_s)
+        with httpx.Client(base_url=base, timeout=30) as client:
+            yield client
+    finally:
+        _stop(app)
+
+
+def _search_for(client: httpx.Client, seconds: float) -> None:
+    """Search traffic for `seconds`: a few dozen requests per one-second window."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        client.get(SEARCH).raise_for_status()
+        time.sleep(0.005)
+
+
+def _operations(alerts: list[dict[str, object]]) -> set[str]:
+    return {str(alert["operation"]) for alert in alerts}
+
+
+def _has_trend(alerts: list[dict[str, object]]) -> bool:
+    return any(alert["type"] == "trend_degradation" for alert in alerts)
 
 
 def _route_of(path: str) -> str:
@@ -133,16 +195,17 @@ def _wait_ready(app: subprocess.Popen[bytes], base: str, log_path: Path, timeout
     raise DemoError(f"the demo app did not answer within {timeout_s:.0f} s; see {log_path}")
 
 
-def _wait_for_alerts(path: Path, timeout_s: float) -> list[dict[str, object]]:
-    """Until every expected finding arrived and nothing new came for a second, or the timeout."""
+def _wait_for_alerts(
+    path: Path, done: Callable[[list[dict[str, object]]], bool], timeout_s: float
+) -> list[dict[str, object]]:
+    """Until `done` and nothing new came for a second, or the timeout."""
     deadline = time.monotonic() + timeout_s
     seen, stable_since = -1, time.monotonic()
     while time.monotonic() < deadline:
         alerts = read_alerts(path)
         if len(alerts) != seen:
             seen, stable_since = len(alerts), time.monotonic()
-        operations = {str(alert["operation"]) for alert in alerts}
-        if operations >= EXPECTED_FINDINGS and time.monotonic() - stable_since > 1.0:
+        if done(alerts) and time.monotonic() - stable_since > 1.0:
             break
         time.sleep(0.1)
     return read_alerts(path)
