@@ -8,6 +8,9 @@ only the second is ended) takes it in the span processor's `on_start`. It is cle
 statement has run (`after_cursor_execute`, `handle_error`) and overwritten by every ORM
 execution, so a stale value never sticks to another query.
 
+The engines the app connects with are remembered (weakly) so that their pools' utilisation can be
+sampled (`pool_usage`).
+
 The listeners run inside every execution of the app (selects, text(), DML, bulk, sync and async):
 load options are read only for SELECTs (SQLAlchemy raises for the rest) and every listener is
 guarded. They are installed only by an active analysis processor.
@@ -18,6 +21,8 @@ from __future__ import annotations
 import contextvars
 import sys
 import threading
+import weakref
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from otel_perf.processors import semconv
@@ -32,6 +37,8 @@ _pending: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVa
 )
 _registered = False
 _lock = threading.Lock()
+# The engines the app connected with, for their pools' utilisation (`pool_usage`).
+_engines: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def lazy_loaded_relationship(state: Any) -> tuple[str, str] | None:
@@ -50,6 +57,30 @@ def lazy_loaded_relationship(state: Any) -> tuple[str, str] | None:
 def _on_orm_execute(state: Any) -> None:
     _pending.set(None)  # first: a failure below must not leave a stale relationship behind
     _pending.set(lazy_loaded_relationship(state))
+
+
+@guarded("sqlalchemy engine_connect", None)
+def _on_engine_connect(connection: Any, *_: Any) -> None:
+    engine = connection.engine
+    if engine not in _engines:
+        _engines.add(engine)
+
+
+def pool_usage() -> Iterator[tuple[str, int, int]]:
+    """(pool name, connections checked out, capacity) of each bounded pool the app connected with:
+    capacity is pool_size + max_overflow (QueuePool and its async variant; other pools are
+    unbounded or single-connection). The name is the engine's URL without credentials or query."""
+    for engine in list(_engines):
+        try:
+            pool = engine.pool
+            size, overflow = pool.size(), getattr(pool, "_max_overflow", -1)
+            if not isinstance(size, int) or overflow < 0 or size + overflow <= 0:
+                continue
+            url = engine.url
+            name = f"{url.get_backend_name()}://{url.host or ''}{'/' + url.database if url.database else ''}"
+            yield name, int(pool.checkedout()), size + overflow
+        except Exception:  # a pool class we don't know: skip it
+            continue
 
 
 @guarded("sqlalchemy after_cursor_execute", None)
@@ -76,6 +107,7 @@ def watch_lazy_loads() -> bool:
         event.listen(Session, "do_orm_execute", _on_orm_execute)
         event.listen(Engine, "after_cursor_execute", _on_statement_done)
         event.listen(Engine, "handle_error", _on_statement_done)
+        event.listen(Engine, "engine_connect", _on_engine_connect)
         _registered = True
         return True
 

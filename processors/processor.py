@@ -181,7 +181,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self._detectors = list(detectors) if detectors is not None else build_detectors()
         self.findings = findings if findings is not None else default_handler()
         if watcher == "env":
-            watcher = build_watcher(findings=self.findings) if self._active else None
+            watcher = build_watcher(findings=self.findings, sample_host=True) if self._active else None
         self.watcher = watcher if self._active else None
         self._identity: tuple[object, str, str | None] = (None, "", None)  # resource → service, version
         self._downstream: tuple[SpanProcessor, ...] = (export_processor,) if export_processor else ()
@@ -307,9 +307,12 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             named = attributes.get(semconv.SERVICE_VERSION)
             version = str(named) if named else None
             self._identity = (resource, service, version)
+        watcher = self.watcher
+        if watcher is not None and watcher.service is None:
+            watcher.service = service  # the app's resources are sampled under its name
         start, end = span.start_time or 0, span.end_time or 0
-        if self.watcher is not None and span.name != semconv.ALERT_SPAN_NAME:
-            self.watcher.record(
+        if watcher is not None and span.name != semconv.ALERT_SPAN_NAME:
+            watcher.record(
                 service, span.name, version, end, end - start, span.status.status_code is StatusCode.ERROR
             )
 

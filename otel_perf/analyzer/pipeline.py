@@ -28,6 +28,7 @@ from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.engine import OVER_MAX_BUFFERED_SPANS, EngineStats, Held, HoldBuffer
 from otel_perf.processors.findings import Finding, Severity
 from otel_perf.processors.monitors import Watcher
+from otel_perf.processors.monitors.resources import samples_from_metrics
 from otel_perf.processors.sources import PROTO, ProtoSpan, spans_from_proto
 from otel_perf.processors.tree import TraceTree, starts_request
 
@@ -163,6 +164,14 @@ class AnalysisPipeline:
                 ):
                     start, end = span.start_time_unix_nano, span.end_time_unix_nano
                     record(service, span.name, version, end, end - start, span.status.code == _STATUS_ERROR)
+
+    def watch_metrics(self, request: Any) -> None:
+        """Resource utilisation (CPU, memory, disk) from an app's metrics, to the resource monitor."""
+        watcher = self.watcher
+        if watcher is None:
+            return
+        for service, name, percent, time_ns in samples_from_metrics(request):
+            watcher.sample(service, name, percent, time_ns)
 
     def _put(self, message: Any) -> None:
         if not self._forward.put(message):

@@ -140,6 +140,7 @@ class Analyzer:
         request = decode(payload, content_type, ExportMetricsServiceRequest())
         self.metrics_stats.requests += 1
         self.metrics_stats.data_points += _count_points(request)
+        self.pipeline.watch_metrics(request)
         return ExportMetricsServiceResponse()
 
     def _check_size(self, payload: bytes) -> None:

@@ -99,6 +99,6 @@ def _build_analysis() -> tuple[TraceAnalysisSpanProcessor, AlertRouter] | None:
         settings.processor,
         detectors=build_detectors(settings.detectors),
         findings=router,
-        watcher=build_watcher(settings.monitor, settings.monitors, findings=router),
+        watcher=build_watcher(settings.monitor, settings.monitors, findings=router, sample_host=True),
     )
     return processor, router

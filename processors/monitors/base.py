@@ -24,6 +24,7 @@ class Monitor(Protocol):
     """Evaluates a series each time one of its windows closes."""
 
     name: ClassVar[str]
+    kind: ClassVar[str]  # the series it reads (`windows.REQUESTS`, `windows.RESOURCE`)
 
     def __init__(self, settings: Any, window_s: float) -> None: ...
 

@@ -17,7 +17,7 @@ from pydantic_settings import SettingsConfigDict
 from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, Severity, fingerprint
 from otel_perf.processors.monitors.base import FIRING, RESOLVED, State, iso
-from otel_perf.processors.monitors.windows import SeriesKey, Window
+from otel_perf.processors.monitors.windows import REQUESTS, SeriesKey, Window
 
 TYPE = "error_rate"
 
@@ -41,6 +41,7 @@ class ErrorRateSettings(Section):
 
 class ErrorRateMonitor:
     name: ClassVar[str] = TYPE
+    kind: ClassVar[str] = REQUESTS
 
     def __init__(self, settings: ErrorRateSettings | None = None, window_s: float = 3600) -> None:
         self.settings = settings or ErrorRateSettings()

@@ -33,7 +33,7 @@ from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, Severity, fingerprint, severity_by_thresholds
 from otel_perf.processors.monitors.base import FIRING, RESOLVED, State, iso, newest_version
 from otel_perf.processors.monitors.stats import median, one_sample_t, t_tail, welch_t
-from otel_perf.processors.monitors.windows import SeriesKey, Window
+from otel_perf.processors.monitors.windows import REQUESTS, SeriesKey, Window
 
 TYPE = "trend_degradation"
 _MAX_DAYS_BACK = 7
@@ -76,6 +76,7 @@ class TrendSettings(Section):
 
 class TrendMonitor:
     name: ClassVar[str] = TYPE
+    kind: ClassVar[str] = REQUESTS
 
     def __init__(self, settings: TrendSettings | None = None, window_s: float = 3600) -> None:
         self.settings = settings or TrendSettings()

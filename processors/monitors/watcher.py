@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, FindingsHandler
 from otel_perf.processors.monitors.base import Monitor
 from otel_perf.processors.monitors.store import MEMORY, WindowStore
-from otel_perf.processors.monitors.windows import Aggregate, SeriesKey, Window
+from otel_perf.processors.monitors.windows import REQUESTS, RESOURCE, Aggregate, SeriesKey, Window
 
 logger = logging.getLogger("otel_perf.monitors")
 
@@ -83,8 +83,9 @@ class WatcherStats:
     errors: int = 0
 
 
-# (service, operation, version, end time ns, duration ns, failed)
-_Observation = tuple[str, str, "str | None", int, int, bool]
+# (series kind, service, operation, version, end time ns, duration ms or percent, failed)
+_Observation = tuple[str, str, str, "str | None", int, float, bool]
+Sampler = Callable[[], Sequence[tuple[str, float]]]
 
 
 class Watcher:
@@ -96,14 +97,21 @@ class Watcher:
         *,
         replay: bool = False,
         clock: object = time.time_ns,
+        windows: Mapping[str, float] | None = None,
+        sampler: Sampler | None = None,
     ) -> None:
-        """`replay`: time is the spans' alone (offline files; call `advance`/`finish`), no thread."""
+        """`replay`: time is the spans' alone (offline files; call `advance`/`finish`), no thread.
+        `windows`: window length (s) by series kind, where not `settings.window_s`. `sampler`:
+        called every flush interval for resource samples (series name, percent) of `service`."""
         self.settings = settings = settings or MonitorSettings.load()
         self.monitors = list(monitors)
         self.findings = findings
         self._replay = replay
         self._clock = clock
-        self._window_ns = int(settings.window_s * 1e9)
+        lengths = {REQUESTS: settings.window_s, **(windows or {})}
+        self._window_ns = {kind: int(length * 1e9) for kind, length in lengths.items()}
+        self.sampler = sampler
+        self.service: str | None = None  # whose resources the sampler samples (set by the host)
         self._lateness_ns = int(settings.lateness_s * 1e9)
         self._skew_ns = int(settings.max_clock_skew_s * 1e9)
         self.stats = WatcherStats()
@@ -124,6 +132,7 @@ class Watcher:
         self._watermark = 0
         self._closed_until = 0  # the clock when windows were last closed: older ones are judged
         self._next_flush = 0.0
+        self._next_sample = 0.0
         self._store: WindowStore | None = None
         self._thread: threading.Thread | None = None
         self._stopping = False
@@ -147,7 +156,16 @@ class Watcher:
         if len(pending) >= self.settings.max_pending:
             self.stats.dropped_pending += 1
             return
-        pending.append((service, operation, version, end_ns, duration_ns, failed))
+        pending.append((REQUESTS, service, operation, version, end_ns, duration_ns / 1e6, failed))
+        if not self._replay and self._thread is None:
+            self._start()
+
+    def sample(self, service: str, name: str, percent: float, time_ns: int) -> None:
+        """One utilisation sample of a resource (`resources.series_name`), e.g. from metrics."""
+        if len(self._pending) >= self.settings.max_pending:
+            self.stats.dropped_pending += 1
+            return
+        self._pending.append((RESOURCE, service, name, None, time_ns, percent, False))
         if not self._replay and self._thread is None:
             self._start()
 
@@ -162,10 +180,21 @@ class Watcher:
         while not self._stopping:
             self._wake.wait(interval)
             try:
+                self._take_samples()
                 self.advance()
             except Exception:
                 self.stats.errors += 1
                 logger.exception("otel-perf: watching windows failed; going on")
+
+    def _take_samples(self) -> None:
+        sampler, service = self.sampler, self.service
+        now = time.monotonic()
+        if sampler is None or service is None or now < self._next_sample:
+            return
+        self._next_sample = now + self.settings.flush_interval_s
+        time_ns = int(self._clock())  # type: ignore[operator]
+        for name, percent in sampler():
+            self.sample(service, name, percent, time_ns)
 
     # --- folding in, closing windows ------------------------------------------------------------
 
@@ -183,8 +212,9 @@ class Watcher:
                 self._next_flush = monotonic + self.settings.flush_interval_s
                 self._save_parts()
             lateness = 0 if final else self._lateness_ns
+            windows = self._window_ns
             closed = sorted(
-                (start, key) for key, start in self._open if start + self._window_ns + lateness <= now
+                (start, key) for key, start in self._open if start + windows[key.kind] + lateness <= now
             )
             for start, key in closed:
                 self._close(key, start)
@@ -197,17 +227,20 @@ class Watcher:
         self.advance(final=True)
 
     def _fold(self) -> None:
-        pending, window_ns = self._pending, self._window_ns
+        pending, windows = self._pending, self._window_ns
         live = not self._replay
         now = int(self._clock()) if live else 0  # type: ignore[operator]
         while pending:
-            service, operation, version, end_ns, duration_ns, failed = pending.popleft()
-            self.stats.requests += 1
+            kind, service, operation, version, end_ns, value, failed = pending.popleft()
+            window_ns = windows.get(kind)
+            if window_ns is None:  # no monitor reads this kind
+                continue
+            self.stats.requests += kind == REQUESTS
             if live and not now - self._skew_ns <= end_ns <= now + self._skew_ns:
                 end_ns = now
             elif not live and end_ns > self._watermark:
                 self._watermark = end_ns
-            key = SeriesKey(service, operation)
+            key = SeriesKey(service, operation, kind)
             if key not in self._series:
                 if len(self._series) >= self.settings.max_series:
                     self.stats.dropped_series += 1
@@ -221,7 +254,7 @@ class Watcher:
                     self.stats.dropped_late += 1
                     continue
                 aggregate = self._open[slot] = Aggregate()
-            aggregate.add(version, duration_ns / 1e6, failed)
+            aggregate.add(version, value, failed)
             self._dirty.add(slot)
 
     def _save_parts(self) -> None:
@@ -236,6 +269,7 @@ class Watcher:
             store.save_part(key, start, self.writer, self._open[(key, start)])
             self._dirty.discard((key, start))
         del self._open[(key, start)]
+        window_ns = self._window_ns[key.kind]
         merged, judge = store.seal(key, start)
         if merged is None:
             return
@@ -243,7 +277,7 @@ class Watcher:
         newest = history[-1].start_ns if history else self._now() - int(self.settings.history_days * 86400e9)
         # Windows sealed since (by this writer or another: one with no part of ours too).
         history.extend(
-            Window(each, each + self._window_ns, aggregate.total, aggregate.versions)
+            Window(each, each + window_ns, aggregate.total, aggregate.versions)
             for each, aggregate in store.windows(key, newest + 1)
         )
         keep_from = start - int(self.settings.history_days * 86400e9)
@@ -257,8 +291,9 @@ class Watcher:
         history = self._history.get(key)
         if history is None:
             since = self._now() - int(self.settings.history_days * 86400e9)
+            window_ns = self._window_ns[key.kind]
             history = self._history[key] = [
-                Window(start, start + self._window_ns, aggregate.total, aggregate.versions)
+                Window(start, start + window_ns, aggregate.total, aggregate.versions)
                 for start, aggregate in self.store.windows(key, since)
             ]
         return history
@@ -266,6 +301,8 @@ class Watcher:
     def _judge(self, key: SeriesKey, history: list[Window]) -> None:
         found: list[Finding] = []
         for monitor in self.monitors:
+            if monitor.kind != key.kind:
+                continue
             try:
                 state = self.store.state(monitor.name, key)
                 findings, new_state = monitor.evaluate(key, history, state)

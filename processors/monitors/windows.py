@@ -22,20 +22,21 @@ OTHER_VERSION = "(other)"
 NO_VERSION = ""
 
 
+REQUESTS = "requests"  # durations and failures of an operation's requests
+RESOURCE = "resource"  # samples of a utilisation in percent (CPU, memory, disk, a connection pool)
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class SeriesKey:
-    """What a series is about: one operation (entry span's route or name) of one service."""
+    """What a series is about: one operation (entry span's route or name) of one service, or one
+    resource (`cpu host-1`) it runs on."""
 
     service: str
     operation: str
+    kind: str = REQUESTS
 
     def encode(self) -> str:
-        return f"{self.service}\x1f{self.operation}"
-
-    @classmethod
-    def decode(cls, text: str) -> SeriesKey:
-        service, _, operation = text.partition("\x1f")
-        return cls(service, operation)
+        return f"{self.kind}\x1f{self.service}\x1f{self.operation}"
 
 
 @dataclass(slots=True)

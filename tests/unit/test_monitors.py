@@ -11,10 +11,16 @@ from otel_perf.alerting.router import AlertRouter, RouterSettings
 from otel_perf.processors.findings import Finding
 from otel_perf.processors.monitors import build_watcher
 from otel_perf.processors.monitors.error_rate import ErrorRateMonitor, ErrorRateSettings
+from otel_perf.processors.monitors.resources import (
+    HostSampler,
+    ResourceMonitor,
+    ResourceSettings,
+    samples_from_metrics,
+)
 from otel_perf.processors.monitors.store import WindowStore
 from otel_perf.processors.monitors.trend import TrendMonitor, TrendSettings
 from otel_perf.processors.monitors.watcher import MonitorSettings, Watcher
-from otel_perf.processors.monitors.windows import Aggregate, SeriesKey, Window
+from otel_perf.processors.monitors.windows import RESOURCE, Aggregate, SeriesKey, Window
 
 KEY = SeriesKey("shop", "GET /orders/{id}")
 SECOND = 10**9
@@ -278,7 +284,11 @@ def test_an_unwritable_state_path_keeps_watching_in_memory(tmp_path: Path) -> No
 
 def test_build_watcher_is_none_when_watching_is_off() -> None:
     assert build_watcher(MonitorSettings(enabled=False)) is None
-    off = {"trend_degradation": TrendSettings(enabled=False), "error_rate": ErrorRateSettings(enabled=False)}
+    off = {
+        "trend_degradation": TrendSettings(enabled=False),
+        "error_rate": ErrorRateSettings(enabled=False),
+        "resource": ResourceSettings(enabled=False),
+    }
     assert build_watcher(MonitorSettings(), off) is None
 
 
@@ -292,3 +302,93 @@ def test_the_router_sends_a_resolution_inside_the_cooldown() -> None:
     )
     decisions = [router.decide(finding) for _, finding in firing]
     assert [alert is not None for alert in decisions] == [True, True]
+
+
+def resource_window(index: int, samples: Sequence[float], window_s: int = 300) -> Window:
+    aggregate = Aggregate()
+    for value in samples:
+        aggregate.add(None, value, False)
+    start = T0 + index * window_s * SECOND
+    return Window(start, start + window_s * SECOND, aggregate.total, aggregate.versions)
+
+
+def test_a_resource_alerts_on_a_sustained_mean_never_on_one_sample() -> None:
+    monitor = ResourceMonitor(ResourceSettings(), window_s=300)
+    cpu = SeriesKey("shop", "cpu on web-1", RESOURCE)
+    spike = [resource_window(0, [20, 20, 100, 20, 20])]
+    assert run_series(monitor, cpu, spike) == []
+    busy = [
+        resource_window(0, [30] * 5),
+        resource_window(1, [85, 90, 88, 86, 84]),
+        resource_window(2, [97] * 5),
+        resource_window(3, [40] * 5),
+    ]
+    found = run_series(monitor, cpu, busy)
+    assert [(index, finding.details["status"]) for index, finding in found] == [
+        (1, "firing"),
+        (3, "resolved"),
+    ]
+    assert found[0][1].severity.label == "high" and found[0][1].details["threshold_percent"] == 80
+    disk = SeriesKey("shop", "disk / on web-1", RESOURCE)
+    assert run_series(monitor, disk, [resource_window(0, [88] * 5)]) == []  # disk: 90 %
+    pool = SeriesKey("shop", "db_pool postgresql://db/shop on web-1", RESOURCE)
+    assert run_series(monitor, pool, [resource_window(0, [96] * 5)])[0][1].severity.label == "critical"
+
+
+def run_series(
+    monitor: ResourceMonitor, key: SeriesKey, windows: Sequence[Window]
+) -> list[tuple[int, Finding]]:
+    state = None
+    found = []
+    for index in range(1, len(windows) + 1):
+        findings, state = monitor.evaluate(key, windows[:index], state)
+        found.extend((index - 1, finding) for finding in findings)
+    return found
+
+
+def test_the_analyzer_reads_cpu_memory_and_disk_from_system_metrics() -> None:
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    def kv(key: str, value: str | int) -> KeyValue:
+        any_value = AnyValue(int_value=value) if isinstance(value, int) else AnyValue(string_value=value)
+        return KeyValue(key=key, value=any_value)
+
+    request = ExportMetricsServiceRequest()
+    resource = request.resource_metrics.add()
+    resource.resource.attributes.extend([kv("service.name", "shop"), kv("host.name", "web-1")])
+    metrics = resource.scope_metrics.add().metrics
+    cpu = metrics.add(name="system.cpu.utilization")
+    for number, idle in ((1, 0.1), (2, 0.3)):
+        for state, value in (("idle", idle), ("user", 1 - idle)):
+            cpu.gauge.data_points.add(
+                as_double=value, time_unix_nano=T0, attributes=[kv("cpu", number), kv("state", state)]
+            )
+    memory = metrics.add(name="system.memory.utilization")
+    memory.gauge.data_points.add(as_double=0.5, time_unix_nano=T0, attributes=[kv("state", "used")])
+    memory.gauge.data_points.add(as_double=0.5, time_unix_nano=T0, attributes=[kv("state", "free")])
+    metrics.add(name="http.server.duration")
+    samples = {name: round(percent, 3) for _, name, percent, _ in samples_from_metrics(request)}
+    assert samples == {"cpu on web-1": 80.0, "memory on web-1": 50.0}
+
+
+def test_pool_usage_reads_checked_out_connections_of_the_apps_engines(tmp_path: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    from otel_perf.processors import orm
+
+    orm.watch_lazy_loads()
+    engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}", pool_size=2, max_overflow=2)
+    first, second, third = engine.connect(), engine.connect(), engine.connect()
+    for connection in (first, second, third):
+        connection.execute(text("SELECT 1"))
+    usage = {name: (used, capacity) for name, used, capacity in orm.pool_usage()}
+    name = f"sqlite:///{tmp_path / 'shop.db'}"
+    assert usage[name] == (3, 4)
+    host = HostSampler(ResourceSettings(disk_path=str(tmp_path)), "web-1").samples()
+    names = [each for each, _ in host]
+    assert names[:3] == ["cpu on web-1", "memory on web-1", f"disk {tmp_path} on web-1"]
+    assert (f"db_pool {name} on web-1", 75.0) in host
+    for connection in (first, second, third):
+        connection.close()
+    engine.dispose()
