@@ -173,6 +173,17 @@ class SpanNode:
         return self.statement is not None or self.db_system is not None
 
     @property
+    def is_connection_checkout(self) -> bool:
+        """The SQLAlchemy instrumentation's `connect` span: `Engine.connect`, i.e. taking a
+        connection from the pool (its wait included), not a query."""
+        return (
+            self.name == "connect"
+            and self.kind == KIND_CLIENT
+            and self.statement is None
+            and self.db_system is not None
+        )
+
+    @property
     def is_http_client(self) -> bool:
         return self.kind == KIND_CLIENT and self.http_url is not None and self.statement is None
 

@@ -29,6 +29,7 @@ from otel_perf.processors.engine import OVER_MAX_BUFFERED_SPANS, EngineStats, He
 from otel_perf.processors.findings import Finding, Severity
 from otel_perf.processors.monitors import Watcher
 from otel_perf.processors.monitors.resources import samples_from_metrics
+from otel_perf.processors.monitors.spanmetrics import SpanMetricsReader
 from otel_perf.processors.sources import PROTO, ProtoSpan, spans_from_proto
 from otel_perf.processors.tree import TraceTree, starts_request
 
@@ -87,6 +88,8 @@ class AnalysisPipeline:
         already marked on its spans (both hosts analyse: `OTEL_PERF_MODE=both`); `watcher`: where
         every request (entry span) goes for trends and error rates, analysed or not."""
         self.watcher = watcher
+        self._span_metrics = SpanMetricsReader()
+        self._requests_from_spans = True  # until spanmetrics arrive
         self._config = config
         self._analyses = analyses
         self._skip_marked = skip_marked
@@ -130,7 +133,7 @@ class AnalysisPipeline:
             self.stats.rejected_bad_request += 1
             raise
         count = sum(len(spans) for spans in traces.values())
-        if self.watcher is not None:
+        if self.watcher is not None and self._requests_from_spans:
             self._watch(traces)
         self.stats.requests += 1
         self.stats.spans_received += count
@@ -166,12 +169,27 @@ class AnalysisPipeline:
                     record(service, span.name, version, end, end - start, span.status.code == _STATUS_ERROR)
 
     def watch_metrics(self, request: Any) -> None:
-        """Resource utilisation (CPU, memory, disk) from an app's metrics, to the resource monitor."""
+        """Metrics to the monitors: resource utilisation (CPU, memory, disk) from apps' system
+        metrics, and requests from the collector's spanmetrics. Once spanmetrics arrive, they are
+        the monitors' only source of requests (they count traffic sampled away, and reach one
+        analyzer per service, see `monitors.spanmetrics`): the spans received are no longer counted."""
         watcher = self.watcher
         if watcher is None:
             return
         for service, name, percent, time_ns in samples_from_metrics(request):
             watcher.sample(service, name, percent, time_ns)
+        for requests in self._span_metrics.requests(request):
+            if self._requests_from_spans:
+                self._requests_from_spans = False
+                logger.info("otel-perf analyzer: spanmetrics arrive; trends and error rates now read them")
+            watcher.record_many(
+                requests.service,
+                requests.operation,
+                requests.version,
+                requests.time_ns,
+                requests.failed,
+                requests.durations,
+            )
 
     def _put(self, message: Any) -> None:
         if not self._forward.put(message):

@@ -140,7 +140,10 @@ class Analyzer:
         request = decode(payload, content_type, ExportMetricsServiceRequest())
         self.metrics_stats.requests += 1
         self.metrics_stats.data_points += _count_points(request)
-        self.pipeline.watch_metrics(request)
+        try:
+            self.pipeline.watch_metrics(request)
+        except Exception:  # the metrics were received all the same: never a reason to refuse them
+            logger.exception("otel-perf analyzer: reading metrics for the monitors failed")
         return ExportMetricsServiceResponse()
 
     def _check_size(self, payload: bytes) -> None:

@@ -164,6 +164,10 @@ class Stack:
                         "OTEL_PERF_ANALYZER_HTTP_ENDPOINT": f"{loopback}:{http_port}",
                         "OTEL_PERF_ANALYZER_EXPORT_ENDPOINT": f"{loopback}:{ports.analyzed_grpc}",
                         "OTEL_PERF_ALERTS_FILE": str(state / f"analyzer-{index + 1}-alerts.jsonl"),
+                        # The stack's analyzers share their monitors' windows (and only theirs).
+                        "OTEL_PERF_MONITOR_STATE_PATH": os.environ.get(
+                            "OTEL_PERF_MONITOR_STATE_PATH", str(state / "analyzer-monitors.sqlite3")
+                        ),
                         **self.analyzer_env,
                     },
                     f"http://{loopback}:{http_port}/readyz",

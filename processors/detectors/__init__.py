@@ -9,12 +9,14 @@ from __future__ import annotations
 from otel_perf.processors.config import Section
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.detectors.n_plus_one import NPlusOneDetector, NPlusOneSettings
+from otel_perf.processors.detectors.pool_wait import PoolWaitDetector, PoolWaitSettings
 from otel_perf.processors.detectors.slow_span import SlowSpanDetector, SlowSpanSettings
 
 # name → (detector class, its settings section); the name is the section's key in the settings.
 REGISTRY: dict[str, tuple[type[Detector], type[Section]]] = {
     "n_plus_one": (NPlusOneDetector, NPlusOneSettings),
     "slow_span": (SlowSpanDetector, SlowSpanSettings),
+    "pool_exhaustion": (PoolWaitDetector, PoolWaitSettings),
 }
 
 __all__ = [

@@ -126,6 +126,8 @@ class SlowSpanDetector:
         for node in tree.walk():
             if node.end_ns - node.start_ns <= lowest:
                 continue  # under every threshold: no need to read its attributes
+            if node.is_connection_checkout:
+                continue  # a wait for a connection, not a slow query: the pool detector's
             threshold = self.threshold_ms(node)
             if threshold is None:
                 continue

@@ -83,8 +83,8 @@ class WatcherStats:
     errors: int = 0
 
 
-# (series kind, service, operation, version, end time ns, duration ms or percent, failed)
-_Observation = tuple[str, str, str, "str | None", int, float, bool]
+# (series kind, service, operation, version, end time ns, duration ms or percent, failed, how many)
+_Observation = tuple[str, str, str, "str | None", int, float, bool, int]
 Sampler = Callable[[], Sequence[tuple[str, float]]]
 
 
@@ -156,7 +156,7 @@ class Watcher:
         if len(pending) >= self.settings.max_pending:
             self.stats.dropped_pending += 1
             return
-        pending.append((REQUESTS, service, operation, version, end_ns, duration_ns / 1e6, failed))
+        pending.append((REQUESTS, service, operation, version, end_ns, duration_ns / 1e6, failed, 1))
         if not self._replay and self._thread is None:
             self._start()
 
@@ -165,7 +165,25 @@ class Watcher:
         if len(self._pending) >= self.settings.max_pending:
             self.stats.dropped_pending += 1
             return
-        self._pending.append((RESOURCE, service, name, None, time_ns, percent, False))
+        self._pending.append((RESOURCE, service, name, None, time_ns, percent, False, 1))
+        if not self._replay and self._thread is None:
+            self._start()
+
+    def record_many(
+        self,
+        service: str,
+        operation: str,
+        version: str | None,
+        time_ns: int,
+        failed: bool,
+        durations: Sequence[tuple[float, int]],
+    ) -> None:
+        """Requests known only by their number per duration (ms), e.g. from a histogram."""
+        if len(self._pending) + len(durations) > self.settings.max_pending:
+            self.stats.dropped_pending += 1
+            return
+        for duration_ms, count in durations:
+            self._pending.append((REQUESTS, service, operation, version, time_ns, duration_ms, failed, count))
         if not self._replay and self._thread is None:
             self._start()
 
@@ -231,11 +249,12 @@ class Watcher:
         live = not self._replay
         now = int(self._clock()) if live else 0  # type: ignore[operator]
         while pending:
-            kind, service, operation, version, end_ns, value, failed = pending.popleft()
+            kind, service, operation, version, end_ns, value, failed, count = pending.popleft()
             window_ns = windows.get(kind)
             if window_ns is None:  # no monitor reads this kind
                 continue
-            self.stats.requests += kind == REQUESTS
+            if kind == REQUESTS:
+                self.stats.requests += count
             if live and not now - self._skew_ns <= end_ns <= now + self._skew_ns:
                 end_ns = now
             elif not live and end_ns > self._watermark:
@@ -254,7 +273,7 @@ class Watcher:
                     self.stats.dropped_late += 1
                     continue
                 aggregate = self._open[slot] = Aggregate()
-            aggregate.add(version, value, failed)
+            aggregate.add(version, value, failed, count)
             self._dirty.add(slot)
 
     def _save_parts(self) -> None:

@@ -47,10 +47,10 @@ class Tally:
     errors: int = 0
     sketch: DDSketch = field(default_factory=lambda: DDSketch(RELATIVE_ACCURACY))
 
-    def add(self, duration_ms: float, error: bool) -> None:
-        self.count += 1
-        self.errors += error
-        self.sketch.add(max(duration_ms, 0.0))
+    def add(self, duration_ms: float, error: bool, count: int = 1) -> None:
+        self.count += count
+        self.errors += count if error else 0
+        self.sketch.add(max(duration_ms, 0.0), count)
 
     def merge(self, other: Tally) -> None:
         self.count += other.count
@@ -84,8 +84,8 @@ class Aggregate:
     total: Tally = field(default_factory=Tally)
     versions: dict[str, Tally] = field(default_factory=dict)
 
-    def add(self, version: str | None, duration_ms: float, error: bool) -> None:
-        self.total.add(duration_ms, error)
+    def add(self, version: str | None, duration_ms: float, error: bool, count: int = 1) -> None:
+        self.total.add(duration_ms, error, count)
         name = version or NO_VERSION
         tally = self.versions.get(name)
         if tally is None:
@@ -94,7 +94,7 @@ class Aggregate:
                 tally = self.versions.get(name)
             if tally is None:
                 tally = self.versions[name] = Tally()
-        tally.add(duration_ms, error)
+        tally.add(duration_ms, error, count)
 
     def merge(self, other: Aggregate) -> None:
         self.total.merge(other.total)

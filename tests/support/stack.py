@@ -14,7 +14,11 @@ import httpx
 from otel_perf.stack.rig import Stack, StackPorts
 
 # Short waits so a test doesn't sit through production-sized buffering.
-FAST_COLLECTOR = {"OTEL_PERF_GROUPBYTRACE_WAIT": "1s", "OTEL_PERF_TAIL_SAMPLING_WAIT": "1s"}
+FAST_COLLECTOR = {
+    "OTEL_PERF_GROUPBYTRACE_WAIT": "1s",
+    "OTEL_PERF_TAIL_SAMPLING_WAIT": "1s",
+    "OTEL_PERF_SPANMETRICS_FLUSH_INTERVAL": "1s",
+}
 
 
 @dataclass

@@ -392,3 +392,62 @@ def test_pool_usage_reads_checked_out_connections_of_the_apps_engines(tmp_path: 
     for connection in (first, second, third):
         connection.close()
     engine.dispose()
+
+
+def spanmetrics_report(counts: dict[tuple[str, str], list[int]], time_ns: int, start_ns: int = T0) -> object:
+    """A cumulative `traces.span.metrics.duration` report as the spanmetrics connector sends it:
+    (span.kind, status.code) → bucket counts over the gateway's buckets."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    def kv(key: str, value: str) -> KeyValue:
+        return KeyValue(key=key, value=AnyValue(string_value=value))
+
+    request = ExportMetricsServiceRequest()
+    resource = request.resource_metrics.add()
+    resource.resource.attributes.extend([kv("service.name", "shop"), kv("service.version", "2.0")])
+    metric = resource.scope_metrics.add().metrics.add(name="traces.span.metrics.duration", unit="ms")
+    metric.histogram.aggregation_temporality = 2  # cumulative
+    for (kind, status), buckets in counts.items():
+        point = metric.histogram.data_points.add(
+            start_time_unix_nano=start_ns,
+            time_unix_nano=time_ns,
+            explicit_bounds=[5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000],
+            bucket_counts=buckets,
+            count=sum(buckets),
+        )
+        point.attributes.extend(
+            [
+                kv("service.name", "shop"),
+                kv("span.name", "GET /orders"),
+                kv("span.kind", kind),
+                kv("status.code", status),
+            ]
+        )
+    return request
+
+
+def test_spanmetrics_deltas_become_requests_of_entry_spans() -> None:
+    from otel_perf.processors.monitors.spanmetrics import SpanMetricsReader
+
+    reader = SpanMetricsReader()
+    zero = [0] * 12
+    first = {
+        ("SPAN_KIND_SERVER", "STATUS_CODE_UNSET"): [0, 0, 10, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        ("SPAN_KIND_SERVER", "STATUS_CODE_ERROR"): zero,
+        ("SPAN_KIND_CLIENT", "STATUS_CODE_UNSET"): [50, *zero[1:]],
+    }
+    assert reader.requests(spanmetrics_report(first, T0 + SECOND)) == []  # the baseline
+    second = {
+        ("SPAN_KIND_SERVER", "STATUS_CODE_UNSET"): [0, 0, 30, 5, 0, 0, 0, 0, 0, 0, 0, 0],
+        ("SPAN_KIND_SERVER", "STATUS_CODE_ERROR"): [0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0],
+        ("SPAN_KIND_CLIENT", "STATUS_CODE_UNSET"): [90, *zero[1:]],
+    }
+    found = reader.requests(spanmetrics_report(second, T0 + 2 * SECOND))
+    assert [(each.operation, each.failed, each.count, each.version) for each in found] == [
+        ("GET /orders", False, 25, "2.0"),
+        ("GET /orders", True, 2, "2.0"),
+    ]
+    assert all(10 < value <= 25 for value, _ in found[0].durations[:4])  # spread inside (10, 25]
+    restarted = reader.requests(spanmetrics_report(first, T0 + 3 * SECOND, start_ns=T0 + 3 * SECOND))
+    assert [each.count for each in restarted] == [10]  # a new start time: counted from zero
