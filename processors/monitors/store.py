@@ -47,6 +47,7 @@ class WindowStore:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
                 db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
                 db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; no fsync per window
                 db.executescript(_SCHEMA)
                 return db
             except (OSError, sqlite3.Error) as error:
@@ -74,7 +75,8 @@ class WindowStore:
 
     def seal(self, key: SeriesKey, start_ns: int) -> tuple[Aggregate | None, bool]:
         """The window merged from every writer's part, and whether this call sealed it (so evaluates
-        it); (the sealed window, False) when another writer was first; (None, False) if none."""
+        it); (the sealed window, False) when another writer was first; (None, False) if none.
+        Parts saved after the window was sealed (a writer that was late) are merged into it then."""
         series = key.encode()
         with self._lock:
             db = self._db
@@ -83,25 +85,36 @@ class WindowStore:
                 row = db.execute(
                     "SELECT data FROM windows WHERE series = ? AND start_ns = ?", (series, start_ns)
                 ).fetchone()
-                if row is not None:
-                    db.execute("COMMIT")
-                    return Aggregate.loads(row[0]), False
-                parts = db.execute(
-                    "SELECT data FROM parts WHERE series = ? AND start_ns = ?", (series, start_ns)
-                ).fetchall()
-                if not parts:
+                parts = [
+                    Aggregate.loads(data)
+                    for (data,) in db.execute(
+                        "SELECT data FROM parts WHERE series = ? AND start_ns = ?", (series, start_ns)
+                    )
+                ]
+                if row is None and not parts:
                     db.execute("COMMIT")
                     return None, False
-                merged = Aggregate.loads(parts[0][0])
-                for (data,) in parts[1:]:
-                    merged.merge(Aggregate.loads(data))
-                db.execute("INSERT INTO windows VALUES (?, ?, ?)", (series, start_ns, merged.dumps()))
+                merged = Aggregate.loads(row[0]) if row is not None else parts.pop(0)
+                for part in parts:
+                    merged.merge(part)
+                db.execute(
+                    "INSERT OR REPLACE INTO windows VALUES (?, ?, ?)", (series, start_ns, merged.dumps())
+                )
                 db.execute("DELETE FROM parts WHERE series = ? AND start_ns = ?", (series, start_ns))
                 db.execute("COMMIT")
-                return merged, True
+                return merged, row is None
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+
+    def unsealed(self, before_ns: int) -> list[tuple[SeriesKey, int]]:
+        """Windows with parts but no seal that started before `before_ns`: left by a process that
+        stopped (or died) before they closed."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT series, start_ns FROM parts WHERE start_ns < ?", (before_ns,)
+            ).fetchall()
+        return [(SeriesKey.decode(series), start_ns) for series, start_ns in rows]
 
     def windows(self, key: SeriesKey, since_ns: int) -> list[tuple[int, Aggregate]]:
         with self._lock:

@@ -226,15 +226,24 @@ class Watcher:
             self._fold()
             now = self._now()
             monotonic = time.monotonic()
-            if monotonic >= self._next_flush or final:
-                self._next_flush = monotonic + self.settings.flush_interval_s
-                self._save_parts()
             lateness = 0 if final else self._lateness_ns
             windows = self._window_ns
-            closed = sorted(
+            closed = {
                 (start, key) for key, start in self._open if start + windows[key.kind] + lateness <= now
-            )
-            for start, key in closed:
+            }
+            if monotonic >= self._next_flush or final:
+                # Parts are saved well within the lateness: a window is sealed with every writer's.
+                self._next_flush = monotonic + min(
+                    self.settings.flush_interval_s, self.settings.lateness_s / 2
+                )
+                self._save_parts()
+                if not self._replay:  # windows a stopped process left unsealed: ours to close too
+                    closed.update(
+                        (start, key)
+                        for key, start in self.store.unsealed(now - lateness - min(windows.values()))
+                        if key.kind in windows and start + windows[key.kind] + lateness <= now
+                    )
+            for start, key in sorted(closed):
                 self._close(key, start)
             self._closed_until = now
             if closed:
@@ -287,7 +296,7 @@ class Watcher:
         if (key, start) in self._dirty:
             store.save_part(key, start, self.writer, self._open[(key, start)])
             self._dirty.discard((key, start))
-        del self._open[(key, start)]
+        self._open.pop((key, start), None)
         window_ns = self._window_ns[key.kind]
         merged, judge = store.seal(key, start)
         if merged is None:

@@ -38,6 +38,11 @@ class SeriesKey:
     def encode(self) -> str:
         return f"{self.kind}\x1f{self.service}\x1f{self.operation}"
 
+    @classmethod
+    def decode(cls, text: str) -> SeriesKey:
+        kind, service, operation = text.split("\x1f", 2)
+        return cls(service, operation, kind)
+
 
 @dataclass(slots=True)
 class Tally:

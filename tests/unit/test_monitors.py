@@ -451,3 +451,43 @@ def test_spanmetrics_deltas_become_requests_of_entry_spans() -> None:
     assert all(10 < value <= 25 for value, _ in found[0].durations[:4])  # spread inside (10, 25]
     restarted = reader.requests(spanmetrics_report(first, T0 + 3 * SECOND, start_ns=T0 + 3 * SECOND))
     assert [each.count for each in restarted] == [10]  # a new start time: counted from zero
+
+
+def test_a_window_a_stopped_process_left_open_is_sealed_by_the_next_one(tmp_path: Path) -> None:
+    now = [T0]
+    monitor_settings = MonitorSettings(
+        window_s=60, lateness_s=10, flush_interval_s=1, state_path=str(tmp_path / "m")
+    )
+    old = Watcher(monitor_settings, [ErrorRateMonitor(ErrorRateSettings(), 60)], Kept(), clock=lambda: now[0])
+    for number in range(50):
+        old.record("shop", "GET /", "1.0", T0 + 30 * SECOND + number, 10**6, number < 10)
+    now[0] = T0 + 65 * SECOND  # the window ended, its lateness has not: stopped before it closed
+    old.advance()
+    old.shutdown()
+    kept = Kept()
+    new = Watcher(monitor_settings, [ErrorRateMonitor(ErrorRateSettings(), 60)], kept, clock=lambda: now[0])
+    new.record("shop", "GET /", "1.0", T0 + 70 * SECOND, 10**6, False)
+    now[0] = T0 + 200 * SECOND
+    new.advance()
+    sealed = {
+        start: aggregate.total.count for start, aggregate in new.store.windows(SeriesKey("shop", "GET /"), 0)
+    }
+    assert sealed == {T0: 50, T0 + 60 * SECOND: 1}
+    assert new.store.unsealed(now[0]) == []
+    assert [finding.details["errors"] for finding in kept.findings] == [10]  # judged, by the new one
+
+
+def test_a_part_saved_after_the_window_was_sealed_is_merged_into_it(tmp_path: Path) -> None:
+    store = WindowStore(tmp_path / "m")
+    early, late = Aggregate(), Aggregate()
+    for _ in range(30):
+        early.add("1.0", 10, False)
+    for _ in range(8):
+        late.add("1.0", 10, True)
+    store.save_part(KEY, T0, "a", early)
+    assert store.seal(KEY, T0)[1]
+    store.save_part(KEY, T0, "b", late)
+    merged, judged = store.seal(KEY, T0)
+    assert not judged and merged is not None
+    assert (merged.total.count, merged.total.errors) == (38, 8)
+    assert store.windows(KEY, 0)[0][1].total.count == 38
