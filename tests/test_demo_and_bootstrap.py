@@ -31,6 +31,9 @@ def test_demo_runs_the_shop_and_shows_the_findings() -> None:
         "N+1 HTTP calls: 8× GET",
         "Slow query WITH RECURSIVE",
         "selectinload(Order.customer)",
+        # The restart as 1.1.0: the trend monitor names the release that made search slower.
+        "GET /products/search got slower: p95",
+        "since version 1.1.0",
     ):
         assert expected in out, f"{expected!r} missing from the demo output:\n{out}"
     quiet_line = next(line for line in out.splitlines() if line.startswith("Quiet, as they should be:"))

@@ -13,15 +13,21 @@ from statistics import fmean, median
 __all__ = ["fmean", "median", "one_sample_t", "t_tail", "welch_t"]
 
 
-def welch_t(after: Sequence[float], before: Sequence[float]) -> tuple[float, float]:
+def welch_t(
+    after: Sequence[float], before: Sequence[float], *, floor_after_variance: bool = False
+) -> tuple[float, float]:
     """(t, degrees of freedom) of Welch's test that `after`'s mean exceeds `before`'s; (0, 1) when
-    either sample has fewer than two values."""
+    either sample has fewer than two values. `floor_after_variance`: `after`'s sample variance is
+    taken as at least `before`'s (a few values that happen to agree prove little)."""
     n_a, n_b = len(after), len(before)
     if n_a < 2 or n_b < 2:
         return 0.0, 1.0
     mean_a, mean_b = fmean(after), fmean(before)
-    var_a = sum((x - mean_a) ** 2 for x in after) / (n_a - 1) / n_a
-    var_b = sum((x - mean_b) ** 2 for x in before) / (n_b - 1) / n_b
+    sample_a = sum((x - mean_a) ** 2 for x in after) / (n_a - 1)
+    sample_b = sum((x - mean_b) ** 2 for x in before) / (n_b - 1)
+    if floor_after_variance:
+        sample_a = max(sample_a, sample_b)
+    var_a, var_b = sample_a / n_a, sample_b / n_b
     spread = var_a + var_b
     if spread <= 0.0:
         return (math.inf if mean_a > mean_b else 0.0), float(n_a + n_b - 2)

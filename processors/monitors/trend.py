@@ -12,9 +12,11 @@ at least `min_delta_ms` in absolute terms, significance below `significance`, an
 compared having `min_requests`. A slow compounding drift passes the same gates once it has added
 up.
 
-Attribution: when the version serving most requests after the change first appeared within a window
-of it, that version is named. While two versions serve side by side (a canary), they are compared
-directly, window by window (the same traffic, so no seasonality to remove).
+Attribution: when the version serving the newest windows arrived near the change (the change point
+lands a few windows after a release, or just before it when it came mid-window), and served less
+than 5 % of the requests before it arrived, that version is named. While two versions serve side by
+side (a canary), they are compared directly, window by window (the same traffic, so no seasonality
+to remove), and the blend's step is not judged.
 
 One regression, one alert (its fingerprint carries the change window); it resolves when the
 quantile is back within half the threshold of the baseline.
@@ -33,12 +35,13 @@ from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, Severity, fingerprint, severity_by_thresholds
 from otel_perf.processors.monitors.base import FIRING, RESOLVED, State, iso, newest_version
 from otel_perf.processors.monitors.stats import median, one_sample_t, t_tail, welch_t
-from otel_perf.processors.monitors.windows import REQUESTS, SeriesKey, Window
+from otel_perf.processors.monitors.windows import REQUESTS, SeriesKey, Tally, Window
 
 TYPE = "trend_degradation"
 _MAX_DAYS_BACK = 7
 _MAX_WEEKS_BACK = 4
 _MIN_COMPARED = 3  # residuals before a change, at least, for the t-test
+_MIN_TAIL = 2.5  # requests above the compared quantile, at least, in a window compared
 
 
 class TrendSettings(Section):
@@ -62,7 +65,12 @@ class TrendSettings(Section):
     min_reference_windows: int = Field(
         8, ge=2, description="No verdict before this many compared windows exist before the change."
     )
-    min_requests: int = Field(30, ge=1, description="Windows with fewer requests are not compared.")
+    min_requests: int = Field(
+        30,
+        ge=1,
+        description="Windows with fewer requests are not compared (nor with fewer than 2.5 above the "
+        "quantile: 50 for p95, 250 for p99; a p95 of 30 requests is their second slowest).",
+    )
     significance: float = Field(
         0.005, gt=0, lt=1, description="Welch's t-test p-value a change must beat (one-sided)."
     )
@@ -82,21 +90,27 @@ class TrendMonitor:
         self.settings = settings or TrendSettings()
         self.window_ns = int(window_s * 1e9)
         season_windows = round(self.settings.season_s / window_s) if self.settings.season_s else 0
+        # A quantile is only as steady as the requests above it.
+        quantile = self.settings.quantile
+        self._min_requests = max(self.settings.min_requests, math.ceil(_MIN_TAIL / (1 - quantile) - 1e-9))
         self._season = season_windows if season_windows >= 2 else 0
+        self._version_floor = max(1, self._min_requests // 2)  # requests of one version in a window
 
     def evaluate(
         self, key: SeriesKey, history: Sequence[Window], state: State | None
     ) -> tuple[list[Finding], State | None]:
         config = self.settings
-        valid = [window for window in history if window.count >= config.min_requests]
+        valid = [window for window in history if window.count >= self._min_requests]
         if not valid or valid[-1] is not history[-1]:
             return [], state  # the newest window is too quiet to say anything
         levels = [math.log(max(window.total.quantile(config.quantile), 1e-3)) for window in valid]
         if state is not None and state.get("status") == FIRING:
             return self._check_resolved(key, valid, state)
-        canary = self._canary(key, valid)
-        if canary is not None:
-            return canary
+        serving = self._side_by_side(valid)
+        if len(serving) >= 2:
+            # A canary: the versions' direct comparison decides, not the blend's step (a slow
+            # canary on 10 % of the traffic lifts the blended p95 before it is significant itself).
+            return self._canary(key, valid, serving) or ([], None)
         return self._detect_step(key, valid, levels, history)
 
     # --- like with like -------------------------------------------------------------------------
@@ -142,6 +156,10 @@ class TrendMonitor:
         if median(tail) < threshold:
             return [], None  # the newest windows are not up: nothing to report (cheap exit)
         values = [r for _, r in known]
+        # In the test only: a quiet window's quantile is noisier, so its residual weighs less.
+        counts = [valid[index].count for index, _ in known]
+        typical = median(counts)
+        weighed = [r * math.sqrt(n / typical) for r, n in zip(values, counts, strict=True)]
         best: tuple[float, int, float] | None = None  # (p, split, t)
         # Residuals exist only where `min_reference_windows` came before: a few of them suffice.
         lowest_split = max(_MIN_COMPARED, len(values) - config.search_windows)
@@ -149,7 +167,13 @@ class TrendMonitor:
             after = values[split:]
             if median(after) < threshold:
                 continue
-            t, df = welch_t(after, values[max(0, split - config.reference_windows) : split])
+            # The after group's spread is floored at the before group's: three windows that happen
+            # to agree are not evidence (with 24 candidate splits re-tested every window).
+            t, df = welch_t(
+                weighed[split:],
+                weighed[max(0, split - config.reference_windows) : split],
+                floor_after_variance=True,
+            )
             p = t_tail(t, df)
             if best is None or p < best[0]:
                 best = (p, split, t)
@@ -161,8 +185,10 @@ class TrendMonitor:
         expected_levels = [level - r for level, (_, r) in zip(after_levels, known[split:], strict=True)]
         current_ms = math.exp(median(after_levels))
         baseline_ms = math.exp(median(expected_levels))
-        if current_ms - baseline_ms < config.min_delta_ms:
-            return [], None
+        if current_ms - baseline_ms < config.min_delta_ms or current_ms < baseline_ms * (
+            1 + config.min_increase
+        ):
+            return [], None  # what is reported must pass the gates too
         before_windows = [
             valid[index] for index, _ in known[max(0, split - config.reference_windows) : split]
         ]
@@ -190,35 +216,50 @@ class TrendMonitor:
     ) -> tuple[str | None, int | None]:
         """(the version that arrived with the change, the start of its first window), or (None, None)."""
         after_counts: dict[str, int] = {}
-        for window in after:
+        for window in after[-self.settings.min_windows_after :]:  # what serves now
             for name, tally in window.versions.items():
                 after_counts[name] = after_counts.get(name, 0) + tally.count
         if not after_counts:
             return None, None
         dominant = max(after_counts, key=lambda name: after_counts[name])
-        before_total = sum(window.count for window in before) or 1
-        before_share = (
-            sum(w.versions[dominant].count for w in before if dominant in w.versions) / before_total
-        )
-        if not dominant or before_share >= 0.05:
-            return None, None  # it served before the change too: not what changed
         first = next((window for window in history if dominant in window.versions), None)
-        if first is None or abs(first.start_ns - after[0].start_ns) > self.window_ns:
+        if not dominant or first is None:
+            return None, None
+        # Its share before the change, counting only windows before it arrived (a split found a few
+        # windows after the release must not count the release's own windows against it).
+        earlier = [window for window in before if window.start_ns < first.start_ns]
+        earlier_total = sum(window.count for window in earlier) or 1
+        if sum(w.versions[dominant].count for w in earlier if dominant in w.versions) / earlier_total >= 0.05:
+            return None, None  # it served before the change too: not what changed
+        # The split lands near the release, rarely on it: up to a search span after, a few before.
+        offset = (after[0].start_ns - first.start_ns) // self.window_ns
+        if not -self.settings.min_windows_after <= offset <= self.settings.search_windows:
             return None, None
         return dominant, first.start_ns
 
     # --- canary: two versions side by side ------------------------------------------------------
 
-    def _canary(self, key: SeriesKey, valid: Sequence[Window]) -> tuple[list[Finding], State | None] | None:
-        config = self.settings
-        recent = valid[-config.min_windows_after :]
-        floor = max(1, config.min_requests // 2)
+    def _side_by_side(self, valid: Sequence[Window]) -> set[str]:
+        """The named versions serving at least 5 % of the requests in each of the last
+        `min_windows_after` windows (a straggler instance serving a handful is not a canary)."""
+        recent = valid[-self.settings.min_windows_after :]
+        if len(recent) < self.settings.min_windows_after:
+            return set()
         shared = set.intersection(
-            *({name for name, tally in window.versions.items() if tally.count >= floor} for window in recent)
+            *(
+                {name for name, tally in window.versions.items() if tally.count >= 0.05 * window.count}
+                for window in recent
+            )
         )
         shared.discard("")
-        if len(recent) < config.min_windows_after or len(shared) < 2:
-            return None
+        return shared
+
+    def _canary(
+        self, key: SeriesKey, valid: Sequence[Window], shared: set[str]
+    ) -> tuple[list[Finding], State | None] | None:
+        config = self.settings
+        recent = valid[-config.min_windows_after :]
+        floor = self._version_floor
         new = newest_version(valid, sorted(shared))
         if new is None:
             return None
@@ -226,15 +267,23 @@ class TrendMonitor:
             (name for name in shared if name != new),
             key=lambda name: sum(w.versions[name].count for w in recent),
         )
+        # One ratio per run of consecutive windows holding `floor` requests of each version (a 10 %
+        # canary may need a few windows for one steady p95).
         ratios, new_ms, old_ms = [], [], []
+        new_run, old_run = Tally(), Tally()
         for window in valid[-config.search_windows :]:
             new_tally, old_tally = window.versions.get(new), window.versions.get(old)
-            if new_tally is None or old_tally is None or min(new_tally.count, old_tally.count) < floor:
+            if new_tally is None or old_tally is None:
                 continue
-            new_q, old_q = new_tally.quantile(config.quantile), old_tally.quantile(config.quantile)
+            new_run.merge(new_tally)
+            old_run.merge(old_tally)
+            if min(new_run.count, old_run.count) < floor:
+                continue
+            new_q, old_q = new_run.quantile(config.quantile), old_run.quantile(config.quantile)
             ratios.append(math.log(max(new_q, 1e-3) / max(old_q, 1e-3)))
             new_ms.append(new_q)
             old_ms.append(old_q)
+            new_run, old_run = Tally(), Tally()
         if len(ratios) < config.min_windows_after or median(ratios) < math.log1p(config.min_increase):
             return None  # no worse than the version beside it: whatever else changed is a step's to find
         t, df = one_sample_t(ratios)

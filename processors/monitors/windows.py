@@ -51,20 +51,27 @@ class Tally:
     count: int = 0
     errors: int = 0
     sketch: DDSketch = field(default_factory=lambda: DDSketch(RELATIVE_ACCURACY))
+    # Quantiles read so far: a sealed window is read at every later judgement of its series.
+    _quantiles: dict[float, float] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, duration_ms: float, error: bool, count: int = 1) -> None:
         self.count += count
         self.errors += count if error else 0
         self.sketch.add(max(duration_ms, 0.0), count)
+        self._quantiles.clear()
 
     def merge(self, other: Tally) -> None:
         self.count += other.count
         self.errors += other.errors
         self.sketch.merge(other.sketch)
+        self._quantiles.clear()
 
     def quantile(self, q: float) -> float:
-        value = self.sketch.get_quantile_value(q) if self.count else None
-        return float(value) if value is not None else 0.0
+        cached = self._quantiles.get(q)
+        if cached is None:
+            value = self.sketch.get_quantile_value(q) if self.count else None
+            cached = self._quantiles[q] = float(value) if value is not None else 0.0
+        return cached
 
     @property
     def error_rate(self) -> float:

@@ -234,7 +234,7 @@ def test_a_restart_finds_its_baseline_and_its_open_alerts(tmp_path: Path) -> Non
         watcher = Watcher(settings(path), [monitor], kept, clock=lambda: now[0])
         rng = random.Random(median_ms)
         for second in seconds:
-            for number in range(40):
+            for number in range(60):  # a p95 needs 50 requests in a window to be compared
                 duration = int(median_ms * rng.lognormvariate(0, 0.2) * 1e6)
                 watcher.record(
                     "shop",
