@@ -190,7 +190,7 @@ def test_analyze_names_every_hostile_line_and_analyses_the_rest(tmp_path: Path) 
     span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "x"}
     hostile = [
         b"[" * 200_000,  # nested too deeply for any parser
-        "{\"resourceSpans\": [\"caf\xe9\"]}".encode("latin-1"),  # not UTF-8
+        '{"resourceSpans": ["caf\xe9"]}'.encode("latin-1"),  # not UTF-8
         json.dumps(
             {"resourceSpans": [{"scopeSpans": [{"spans": [{**span, "startTimeUnixNano": "9" * 40}]}]}]}
         ).encode(),  # a timestamp no clock has
