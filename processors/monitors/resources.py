@@ -82,7 +82,7 @@ class ResourceMonitor:
             return [], state
         resource = key.operation.split(" ", 1)[0]
         level = config.level(resource)
-        mean = tally.sketch.avg
+        mean = tally.mean
         details: dict[str, object] = {
             "resource": resource,
             "mean_percent": round(mean, 1),

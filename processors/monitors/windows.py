@@ -51,19 +51,23 @@ class Tally:
     count: int = 0
     errors: int = 0
     sketch: DDSketch = field(default_factory=lambda: DDSketch(RELATIVE_ACCURACY))
+    total: float = 0.0  # the values' sum (DDSketch's protobuf form does not keep it)
     # Quantiles read so far: a sealed window is read at every later judgement of its series.
     _quantiles: dict[float, float] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, duration_ms: float, error: bool, count: int = 1) -> None:
         self.count += count
         self.errors += count if error else 0
-        self.sketch.add(max(duration_ms, 0.0), count)
+        value = max(duration_ms, 0.0)
+        self.sketch.add(value, count)
+        self.total += value * count
         self._quantiles.clear()
 
     def merge(self, other: Tally) -> None:
         self.count += other.count
         self.errors += other.errors
         self.sketch.merge(other.sketch)
+        self.total += other.total
         self._quantiles.clear()
 
     def quantile(self, q: float) -> float:
@@ -74,19 +78,23 @@ class Tally:
         return cached
 
     @property
+    def mean(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+    @property
     def error_rate(self) -> float:
         return self.errors / self.count if self.count else 0.0
 
     def to_json(self) -> dict[str, Any]:
         encoded = ddsketch_proto.DDSketchProto.to_proto(self.sketch).SerializeToString()  # type: ignore[no-untyped-call]
-        return {"n": self.count, "e": self.errors, "s": base64.b64encode(encoded).decode()}
+        return {"n": self.count, "e": self.errors, "t": self.total, "s": base64.b64encode(encoded).decode()}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Tally:
         message = ddsketch_proto.pb.DDSketch()  # type: ignore[attr-defined]
         message.ParseFromString(base64.b64decode(data["s"]))
         sketch = ddsketch_proto.DDSketchProto.from_proto(message)  # type: ignore[no-untyped-call]
-        return cls(int(data["n"]), int(data["e"]), sketch)
+        return cls(int(data["n"]), int(data["e"]), sketch, float(data.get("t", 0.0)))
 
 
 @dataclass(slots=True)

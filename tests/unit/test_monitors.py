@@ -491,3 +491,12 @@ def test_a_part_saved_after_the_window_was_sealed_is_merged_into_it(tmp_path: Pa
     assert not judged and merged is not None
     assert (merged.total.count, merged.total.errors) == (38, 8)
     assert store.windows(KEY, 0)[0][1].total.count == 38
+
+
+def test_a_window_keeps_its_mean_through_the_state_file() -> None:
+    aggregate = Aggregate()
+    for value in (80.0, 90.0, 100.0):
+        aggregate.add(None, value, False)
+    restored = Aggregate.loads(aggregate.dumps())
+    restored.merge(Aggregate.loads(aggregate.dumps()))
+    assert restored.total.count == 6 and restored.total.mean == 90.0
