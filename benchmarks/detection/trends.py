@@ -32,7 +32,7 @@ from typing import Literal
 from benchmarks.common import machine
 from otel_perf.processors.monitors.base import FIRING, State
 from otel_perf.processors.monitors.trend import TrendMonitor, TrendSettings
-from otel_perf.processors.monitors.windows import Aggregate, SeriesKey, Tally, Window
+from otel_perf.processors.monitors.windows import Aggregate, SeriesKey, Window
 
 WINDOW_S = 3600  # the watcher's default window; TrendSettings' season (a day) is 24 of them
 WINDOW_NS = WINDOW_S * 10**9
@@ -107,29 +107,12 @@ CASES: tuple[Case, ...] = (
 # --- the series -----------------------------------------------------------------------------------
 
 
-class _KnownTally(Tally):
-    """A closed window's tally, its quantiles computed once. `evaluate` reads the p95 of every window
-    of the history on every call (95 % of its time here); the value is the same, only faster."""
-
-    __slots__ = ("_quantiles",)
-
-    def __init__(self, tally: Tally) -> None:
-        super().__init__(tally.count, tally.errors, tally.sketch)
-        self._quantiles: dict[float, float] = {}
-
-    def quantile(self, q: float) -> float:
-        value = self._quantiles.get(q)
-        if value is None:
-            value = self._quantiles[q] = super().quantile(q)
-        return value
-
-
 class Series:
     """One labelled series: its random draws (all from `rng`, so a seed gives the same series) and
     the windows they make, built on demand."""
 
-    def __init__(self, case: Case, rng: random.Random, *, memo: bool = True) -> None:
-        self.case, self.rng, self.memo = case, rng, memo
+    def __init__(self, case: Case, rng: random.Random) -> None:
+        self.case, self.rng = case, rng
         self.start_ns = MONDAY_NS + rng.randrange(7 * DAY) * WINDOW_NS  # any weekday, any hour
         self.length = WARM_UP + rng.randint(*SPAN)
         self.median_ms = MEDIAN_MS * rng.uniform(0.8, 1.25)
@@ -196,10 +179,7 @@ class Series:
                 aggregate.add(version, duration_ms * factor, False)
             else:
                 aggregate.add(OLD, duration_ms, False)
-        total, versions = aggregate.total, aggregate.versions
-        if self.memo:
-            total, versions = _KnownTally(total), {name: _KnownTally(t) for name, t in versions.items()}
-        return Window(start_ns, start_ns + WINDOW_NS, total, versions)
+        return Window(start_ns, start_ns + WINDOW_NS, aggregate.total, aggregate.versions)
 
 
 # --- running the monitor --------------------------------------------------------------------------
@@ -219,12 +199,10 @@ class SeriesResult:
     alerts: tuple[Alert, ...]
 
 
-def run_series(
-    case: Case, index: int, seed: int, settings: TrendSettings | None = None, *, memo: bool = True
-) -> SeriesResult:
+def run_series(case: Case, index: int, seed: int, settings: TrendSettings | None = None) -> SeriesResult:
     """Feed one series to a `TrendMonitor` as the watcher does; evaluation starts after the warm-up.
     A regression's series stops at its first alert after the change (nothing more to learn)."""
-    series = Series(case, random.Random(f"{seed}/{case.name}/{index}"), memo=memo)
+    series = Series(case, random.Random(f"{seed}/{case.name}/{index}"))
     monitor = TrendMonitor(settings or TrendSettings(), WINDOW_S)
     key = SeriesKey("shop", f"GET /{case.kind}/{index}")
     history = [series.window(each) for each in range(WARM_UP)]

@@ -500,3 +500,18 @@ def test_a_window_keeps_its_mean_through_the_state_file() -> None:
     restored = Aggregate.loads(aggregate.dumps())
     restored.merge(Aggregate.loads(aggregate.dumps()))
     assert restored.total.count == 6 and restored.total.mean == 90.0
+
+
+def test_a_cached_quantile_follows_adds_and_merges() -> None:
+    aggregate = Aggregate()
+    for _ in range(100):
+        aggregate.add(None, 10.0, False)
+    assert round(aggregate.total.quantile(0.95)) == 10
+    for _ in range(100):
+        aggregate.add(None, 100.0, False)
+    assert round(aggregate.total.quantile(0.95)) == 100
+    other = Aggregate()
+    for _ in range(1000):
+        other.add(None, 1000.0, False)
+    aggregate.merge(other)
+    assert round(aggregate.total.quantile(0.95), -1) == 1000
