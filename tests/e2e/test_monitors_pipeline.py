@@ -1,7 +1,8 @@
 """The monitors in the collector pipeline: an app exporting to the real collector (OTEL_PERF_MODE=
 collector, so it watches nothing itself), spanmetrics routed by service to one of two analyzers,
 whose trend monitor compares the app's release with the one before it: one alert, naming the
-release, from one replica, in the alert log and Alertmanager."""
+release, from one replica, in the alert log and Alertmanager. The app's system metrics reach the
+analyzers by the same route, and their resource monitor reads them."""
 
 from __future__ import annotations
 
@@ -25,6 +26,10 @@ MONITORS = {
     "OTEL_PERF_TREND_MIN_REQUESTS": "10",
     "OTEL_PERF_TREND_MIN_REFERENCE_WINDOWS": "4",
     "OTEL_PERF_ALERTS_COOLDOWN_S": "0",
+    # Resources from the system metrics the app exports: memory over a level no host stays under.
+    "OTEL_PERF_RESOURCE_WINDOW_S": "4",
+    "OTEL_PERF_RESOURCE_MEMORY_PERCENT": "1",
+    "OTEL_PERF_RESOURCE_MIN_SAMPLES": "1",
 }
 
 
@@ -98,6 +103,14 @@ def test_a_release_regression_is_one_alert_from_the_analyzers_via_spanmetrics(
         if service.name.startswith("analyzer")
     )
     assert "spanmetrics arrive" in logs
+    # The app's system metrics (exported every 2 s) reached the analyzers' resource monitor.
+    memory = [
+        alert
+        for alert in stack.analyzer_alerts()
+        if alert["type"] == "resource" and alert["details"]["resource"] == "memory"
+    ]
+    assert memory and memory[0]["service"] == SERVICE and memory[0]["details"]["threshold_percent"] == 1
+    assert memory[0]["operation"].startswith("memory on ")
     # Alertmanager got it too (the alert span of a trend belongs to no trace).
     wait_until(
         lambda: [
