@@ -68,7 +68,8 @@ class OtelPerfConfigurator(_OTelSDKConfigurator):
             kwargs["export_span_processor"] = export_after_analysis
         super()._configure(**kwargs)  # type: ignore[no-untyped-call]  # the SDK's, untyped
         if processor is not None and router is not None:
-            register_self_metrics(processor.stats, router.stats)
+            watcher = processor.watcher
+            register_self_metrics(processor.stats, router.stats, watcher.stats if watcher else None)
 
 
 def after_instrumentation() -> None:

@@ -13,6 +13,7 @@ from opentelemetry.metrics import CallbackOptions, Observation
 
 from otel_perf.alerting.router import RouterStats
 from otel_perf.processors import failsafe
+from otel_perf.processors.monitors.watcher import WatcherStats
 from otel_perf.processors.processor import PROCESSOR_COUNTERS, ProcessorStats
 
 
@@ -36,7 +37,9 @@ def _stat(stats: ProcessorStats, field: str) -> Callable[[], int | dict[str, int
     return read
 
 
-def register_self_metrics(stats: ProcessorStats, router: RouterStats) -> None:
+def register_self_metrics(
+    stats: ProcessorStats, router: RouterStats, watcher: WatcherStats | None = None
+) -> None:
     meter = metrics.get_meter("otel_perf")
     # name: (read, label, unit, description)
     counters: dict[str, tuple[Callable[[], int | dict[str, int]], str, str, str]] = {
@@ -73,6 +76,33 @@ def register_self_metrics(stats: ProcessorStats, router: RouterStats) -> None:
             ),
         }
     )
+    if watcher is not None:
+        counters.update(
+            {
+                "otel_perf.monitor.requests": (
+                    lambda: watcher.requests,
+                    "",
+                    "{request}",
+                    "Requests counted into the trend and error-rate windows.",
+                ),
+                "otel_perf.monitor.dropped": (
+                    lambda: {
+                        "max_pending": watcher.dropped_pending,
+                        "late": watcher.dropped_late,
+                        "max_series": watcher.dropped_series,
+                    },
+                    "reason",
+                    "{request}",
+                    "Requests and samples the monitors could not count, by reason.",
+                ),
+                "otel_perf.monitor.windows_judged": (
+                    lambda: watcher.windows_judged,
+                    "",
+                    "{window}",
+                    "Windows this process sealed and judged (another worker judges the rest).",
+                ),
+            }
+        )
     for name, (read, label, unit, description) in counters.items():
         meter.create_observable_counter(
             name, callbacks=[_observe(read, label)], unit=unit, description=description

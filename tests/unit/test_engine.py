@@ -252,6 +252,7 @@ def test_self_metrics_keep_their_names_and_split_merged_counts_by_reason() -> No
 
     from otel_perf.alerting.router import RouterStats
     from otel_perf.bootstrap import self_metrics
+    from otel_perf.processors.monitors.watcher import WatcherStats
     from otel_perf.processors.processor import SKIPPED_CPU_SHARE, ProcessorStats
 
     reader = InMemoryMetricReader()
@@ -263,7 +264,8 @@ def test_self_metrics_keep_their_names_and_split_merged_counts_by_reason() -> No
     original = self_metrics.metrics.get_meter
     self_metrics.metrics.get_meter = provider.get_meter  # type: ignore[method-assign]
     try:
-        self_metrics.register_self_metrics(stats, RouterStats())
+        watched = WatcherStats(requests=7, dropped_late=2)
+        self_metrics.register_self_metrics(stats, RouterStats(), watched)
     finally:
         self_metrics.metrics.get_meter = original  # type: ignore[method-assign]
     data = reader.get_metrics_data()
@@ -286,8 +288,16 @@ def test_self_metrics_keep_their_names_and_split_merged_counts_by_reason() -> No
         "otel_perf.traces.held",
         "otel_perf.traces.timed_out",
         "otel_perf.analysis.errors",
+        "otel_perf.monitor.requests",
+        "otel_perf.monitor.dropped",
+        "otel_perf.monitor.windows_judged",
     ):
         assert name in metrics, name
+    dropped = {
+        point.attributes.get("reason"): point.value
+        for point in metrics["otel_perf.monitor.dropped"].data.data_points  # type: ignore[union-attr]
+    }
+    assert dropped == {"max_pending": 0, "late": 2, "max_series": 0}
     assert metrics["otel_perf.traces.analysed"].unit == "{trace}"
     points = {
         point.attributes.get("reason"): point.value
