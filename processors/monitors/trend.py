@@ -209,7 +209,7 @@ class TrendMonitor:
             "canary": False,
             "status": FIRING,
         }
-        return self._fire(key, history[-1], details)
+        return self._fire(key, history[-1], details, current_ms / max(baseline_ms, 1e-3))
 
     def _attribute(
         self, history: Sequence[Window], before: Sequence[Window], after: Sequence[Window]
@@ -306,14 +306,13 @@ class TrendMonitor:
             "canary": True,
             "status": FIRING,
         }
-        return self._fire(key, valid[-1], details)
+        return self._fire(key, valid[-1], details, current_ms / max(baseline_ms, 1e-3))
 
     # --- alerts ---------------------------------------------------------------------------------
 
     def _fire(
-        self, key: SeriesKey, newest: Window, details: dict[str, object]
+        self, key: SeriesKey, newest: Window, details: dict[str, object], ratio: float
     ) -> tuple[list[Finding], State]:
-        ratio = float(details["current_ms"]) / max(float(details["baseline_ms"]), 1e-3)  # type: ignore[arg-type]
         finding = Finding(
             type=TYPE,
             severity=severity_by_thresholds(ratio, 1.0, 1.5, 2.0),

@@ -96,7 +96,7 @@ class Watcher:
         findings: FindingsHandler | None = None,
         *,
         replay: bool = False,
-        clock: object = time.time_ns,
+        clock: Callable[[], int] = time.time_ns,
         windows: Mapping[str, float] | None = None,
         sampler: Sampler | None = None,
     ) -> None:
@@ -210,14 +210,14 @@ class Watcher:
         if sampler is None or service is None or now < self._next_sample:
             return
         self._next_sample = now + self.settings.flush_interval_s
-        time_ns = int(self._clock())  # type: ignore[operator]
+        time_ns = int(self._clock())
         for name, percent in sampler():
             self.sample(service, name, percent, time_ns)
 
     # --- folding in, closing windows ------------------------------------------------------------
 
     def _now(self) -> int:
-        return self._watermark if self._replay else int(self._clock())  # type: ignore[operator]
+        return self._watermark if self._replay else int(self._clock())
 
     def advance(self, *, final: bool = False) -> None:
         """Fold pending requests in, save this writer's parts when due, judge the windows that closed.
@@ -256,7 +256,7 @@ class Watcher:
     def _fold(self) -> None:
         pending, windows = self._pending, self._window_ns
         live = not self._replay
-        now = int(self._clock()) if live else 0  # type: ignore[operator]
+        now = int(self._clock()) if live else 0
         while pending:
             kind, service, operation, version, end_ns, value, failed, count = pending.popleft()
             window_ns = windows.get(kind)
