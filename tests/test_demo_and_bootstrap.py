@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,11 +33,17 @@ def test_demo_runs_the_shop_and_shows_the_findings() -> None:
         "N+1 HTTP calls: 8× GET",
         "Slow query WITH RECURSIVE",
         "selectinload(Order.customer)",
-        # The restart as 1.1.0: the trend monitor names the release that made search slower.
         "GET /products/search got slower: p95",
-        "since version 1.1.0",
     ):
         assert expected in out, f"{expected!r} missing from the demo output:\n{out}"
+    # The restart as 1.1.0: the trend monitor names the release that made search slower.
+    alerts_file = re.search(r"Alerts as JSON lines: (\S+)", out)
+    assert alerts_file, out
+    alerts = [json.loads(line) for line in Path(alerts_file.group(1)).read_text().splitlines()]
+    trends = [alert for alert in alerts if alert["type"] == "trend_degradation"]
+    assert [(alert["operation"], alert["details"]["version"]) for alert in trends] == [
+        ("GET /products/search", "1.1.0")
+    ], trends
     quiet_line = next(line for line in out.splitlines() if line.startswith("Quiet, as they should be:"))
     for endpoint in ("/orders/eager", "/orders/recent", "/dashboard", "/stock/parallel", "/healthz"):
         assert endpoint in quiet_line

@@ -232,8 +232,15 @@ class TrendMonitor:
         if sum(w.versions[dominant].count for w in earlier if dominant in w.versions) / earlier_total >= 0.05:
             return None, None  # it served before the change too: not what changed
         # The split lands near the release, rarely on it: up to a search span after, a few before.
-        offset = (after[0].start_ns - first.start_ns) // self.window_ns
-        if not -self.settings.min_windows_after <= offset <= self.settings.search_windows:
+        # Counted in windows the series has (a restart's gap is no window).
+        start, arrived = after[0].start_ns, first.start_ns
+        if start < arrived:
+            if (
+                sum(start <= window.start_ns < arrived for window in history)
+                > self.settings.min_windows_after
+            ):
+                return None, None
+        elif sum(arrived <= window.start_ns < start for window in history) > self.settings.search_windows:
             return None, None
         return dominant, first.start_ns
 

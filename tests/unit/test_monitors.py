@@ -515,3 +515,12 @@ def test_a_cached_quantile_follows_adds_and_merges() -> None:
         other.add(None, 1000.0, False)
     aggregate.merge(other)
     assert round(aggregate.total.quantile(0.95), -1) == 1000
+
+
+def test_a_release_after_a_restart_gap_is_named_even_when_the_split_lands_before_it() -> None:
+    """The old release's last window was slow (a busy moment before the deploy), then nothing while
+    the app restarted, then the slower release: its version is named all the same."""
+    before = [window(i, 50) for i in range(20)] + [window(20, 80)]
+    after = [window(i, 100, versions={"1.1": 1}) for i in range(30, 36)]  # 9 s of restart gap
+    found = run(trend(), before + after)
+    assert len(found) == 1 and found[0][1].details["version"] == "1.1"
