@@ -237,11 +237,13 @@ class Watcher:
                     self.settings.flush_interval_s, self.settings.lateness_s / 2
                 )
                 self._save_parts()
-                if not self._replay:  # windows a stopped process left unsealed: ours to close too
+                if not self._replay:
+                    # Windows a stopped process left unsealed, of series this one watches too (not
+                    # another service's that shares the file, with its own settings).
                     closed.update(
                         (start, key)
                         for key, start in self.store.unsealed(now - lateness - min(windows.values()))
-                        if key.kind in windows and start + windows[key.kind] + lateness <= now
+                        if key in self._series and start + windows[key.kind] + lateness <= now
                     )
             for start, key in sorted(closed):
                 self._close(key, start)
