@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol
 
-from otel_perf.processors.findings import FIRING, RESOLVED, Finding
+from otel_perf.processors.findings import FIRING, RESOLVED, Finding, Severity
 from otel_perf.processors.monitors.windows import SeriesKey, Window
 
 State = dict[str, Any]
 
-__all__ = ["FIRING", "RESOLVED", "Monitor", "State", "iso", "newest_version"]
+__all__ = ["FIRING", "RESOLVED", "Monitor", "State", "iso", "newest_version", "resolution", "series_finding"]
 
 
 class Monitor(Protocol):
@@ -52,3 +52,51 @@ def newest_version(windows: Sequence[Window], among: Sequence[str]) -> str | Non
             first_seen.setdefault(name, window.start_ns)
     candidates = [name for name in among if name]
     return max(candidates, key=lambda name: first_seen.get(name, 0)) if candidates else None
+
+
+def series_finding(
+    monitor_type: str,
+    key: SeriesKey,
+    newest: Window,
+    *,
+    severity: Severity,
+    title: str,
+    fingerprint: str,
+    details: dict[str, Any],
+    summary: str,
+) -> Finding:
+    """A monitor's finding about a series, dated by the window that was judged."""
+    return Finding(
+        type=monitor_type,
+        severity=severity,
+        service=key.service,
+        operation=key.operation,
+        title=title,
+        fingerprint=fingerprint,
+        details=details,
+        time_ns=newest.end_ns,
+        summary=summary,
+    )
+
+
+def resolution(
+    monitor_type: str,
+    key: SeriesKey,
+    newest: Window,
+    state: State,
+    *,
+    title: str,
+    details: dict[str, Any],
+    summary: str,
+) -> Finding:
+    """The end of what `state` says fired: same fingerprint, `status` resolved."""
+    return series_finding(
+        monitor_type,
+        key,
+        newest,
+        severity=Severity.LOW,
+        title=title,
+        fingerprint=state["fingerprint"],
+        details={**details, "status": RESOLVED},
+        summary=summary,
+    )

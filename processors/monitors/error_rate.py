@@ -16,7 +16,7 @@ from pydantic_settings import SettingsConfigDict
 
 from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, Severity, fingerprint
-from otel_perf.processors.monitors.base import FIRING, RESOLVED, State, iso
+from otel_perf.processors.monitors.base import FIRING, State, iso, resolution, series_finding
 from otel_perf.processors.monitors.windows import REQUESTS, SeriesKey, Window
 
 TYPE = "error_rate"
@@ -70,15 +70,13 @@ class ErrorRateMonitor:
                 each.total.error_rate >= config.threshold / 2 for each in recent
             ):
                 return [], state
-            resolved = Finding(
-                type=TYPE,
-                severity=Severity.LOW,
-                service=key.service,
-                operation=key.operation,
+            resolved = resolution(
+                TYPE,
+                key,
+                window,
+                state,
                 title=f"{key.operation}: errors back to {rate:.1%} (resolved)",
-                fingerprint=state["fingerprint"],
-                details={**details, "version": state.get("version"), "status": RESOLVED},
-                time_ns=window.end_ns,
+                details={**details, "version": state.get("version")},
                 summary="error rate",
             )
             return [resolved], None
@@ -88,15 +86,14 @@ class ErrorRateMonitor:
         details.update({"version": version, "status": FIRING})
         severity = Severity.CRITICAL if rate >= config.critical else Severity.HIGH
         where = f" (version {version})" if version else ""
-        finding = Finding(
-            type=TYPE,
+        finding = series_finding(
+            TYPE,
+            key,
+            window,
             severity=severity,
-            service=key.service,
-            operation=key.operation,
             title=f"{key.operation}: {rate:.1%} of {window.count} requests failed{where}",
             fingerprint=fingerprint(TYPE, key.service, key.operation, version or iso(window.start_ns)),
             details=details,
-            time_ns=window.end_ns,
             summary="error rate",
         )
         return [finding], {"status": FIRING, "fingerprint": finding.fingerprint, "version": version}

@@ -20,8 +20,8 @@ from pydantic_settings import SettingsConfigDict
 
 from otel_perf.processors import orm
 from otel_perf.processors.config import Section
-from otel_perf.processors.findings import FIRING, RESOLVED, Finding, Severity, fingerprint
-from otel_perf.processors.monitors.base import State, iso
+from otel_perf.processors.findings import FIRING, Finding, Severity, fingerprint
+from otel_perf.processors.monitors.base import State, iso, resolution, series_finding
 from otel_perf.processors.monitors.windows import RESOURCE, SeriesKey, Window
 
 logger = logging.getLogger("otel_perf.monitors")
@@ -96,30 +96,27 @@ class ResourceMonitor:
         if state is not None and state.get("status") == FIRING:
             if mean >= level * 0.9:
                 return [], state
-            resolved = Finding(
-                type=TYPE,
-                severity=Severity.LOW,
-                service=key.service,
-                operation=key.operation,
+            resolved = resolution(
+                TYPE,
+                key,
+                window,
+                state,
                 title=f"{label} back to {mean:.0f} % ({key.operation}) (resolved)",
-                fingerprint=state["fingerprint"],
-                details={**details, "status": RESOLVED},
-                time_ns=window.end_ns,
+                details=details,
                 summary=f"{resource} utilisation",
             )
             return [resolved], None
         if mean < level:
             return [], None
         details["status"] = FIRING
-        finding = Finding(
-            type=TYPE,
+        finding = series_finding(
+            TYPE,
+            key,
+            window,
             severity=Severity.CRITICAL if mean >= config.critical_percent else Severity.HIGH,
-            service=key.service,
-            operation=key.operation,
             title=f"{label} at {mean:.0f} % for {self.window_s:g} s ({key.operation}; threshold {level:g} %)",
             fingerprint=fingerprint(TYPE, key.service, key.operation, iso(window.start_ns)),
             details=details,
-            time_ns=window.end_ns,
             summary=f"{resource} utilisation",
         )
         return [finding], {"status": FIRING, "fingerprint": finding.fingerprint}

@@ -32,8 +32,8 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.processors.config import Section
-from otel_perf.processors.findings import Finding, Severity, fingerprint, severity_by_thresholds
-from otel_perf.processors.monitors.base import FIRING, RESOLVED, State, iso, newest_version
+from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
+from otel_perf.processors.monitors.base import FIRING, State, iso, newest_version, resolution, series_finding
 from otel_perf.processors.monitors.stats import median, one_sample_t, t_tail, welch_t
 from otel_perf.processors.monitors.windows import REQUESTS, SeriesKey, Tally, Window
 
@@ -196,20 +196,16 @@ class TrendMonitor:
         version, version_start = self._attribute(history, before_windows, after_windows)
         if version_start is not None:
             change_at = version_start
-        details = {
-            "baseline_ms": round(baseline_ms, 1),
-            "current_ms": round(current_ms, 1),
-            "change_at": iso(change_at),
-            "version": version,
-            "quantile": _quantile_name(config.quantile),
-            "increase_pct": round((current_ms / baseline_ms - 1) * 100, 1),
-            "windows_after": len(after_windows),
-            "p_value": float(f"{p:.3g}"),
-            "window_s": self.window_ns / 1e9,
-            "canary": False,
-            "status": FIRING,
-        }
-        return self._fire(key, history[-1], details, current_ms / max(baseline_ms, 1e-3))
+        return self._fire(
+            key,
+            history[-1],
+            baseline_ms=baseline_ms,
+            current_ms=current_ms,
+            change_at=change_at,
+            version=version,
+            windows_after=len(after_windows),
+            p_value=p,
+        )
 
     def _attribute(
         self, history: Sequence[Window], before: Sequence[Window], after: Sequence[Window]
@@ -299,42 +295,61 @@ class TrendMonitor:
         if p > config.significance or current_ms - baseline_ms < config.min_delta_ms:
             return None
         first_new = next(window.start_ns for window in valid if new in window.versions)
-        details = {
-            "baseline_ms": round(baseline_ms, 1),
-            "current_ms": round(current_ms, 1),
-            "change_at": iso(first_new),
-            "version": new,
-            "baseline_version": old,
-            "quantile": _quantile_name(config.quantile),
-            "increase_pct": round((current_ms / baseline_ms - 1) * 100, 1),
-            "windows_after": len(ratios),
-            "p_value": float(f"{p:.3g}"),
-            "window_s": self.window_ns / 1e9,
-            "canary": True,
-            "status": FIRING,
-        }
-        return self._fire(key, valid[-1], details, current_ms / max(baseline_ms, 1e-3))
+        return self._fire(
+            key,
+            valid[-1],
+            baseline_ms=baseline_ms,
+            current_ms=current_ms,
+            change_at=first_new,
+            version=new,
+            windows_after=len(ratios),
+            p_value=p,
+            baseline_version=old,
+        )
 
     # --- alerts ---------------------------------------------------------------------------------
 
     def _fire(
-        self, key: SeriesKey, newest: Window, details: dict[str, object], ratio: float
+        self,
+        key: SeriesKey,
+        newest: Window,
+        *,
+        baseline_ms: float,
+        current_ms: float,
+        change_at: int,
+        version: str | None,
+        windows_after: int,
+        p_value: float,
+        baseline_version: str | None = None,
     ) -> tuple[list[Finding], State]:
-        finding = Finding(
-            type=TYPE,
-            severity=severity_by_thresholds(ratio, 1.0, 1.5, 2.0),
-            service=key.service,
-            operation=key.operation,
+        """The alert of a regression (a canary's when `baseline_version`), and the state that keeps
+        it open until it resolves."""
+        details: dict[str, object] = {
+            "baseline_ms": round(baseline_ms, 1),
+            "current_ms": round(current_ms, 1),
+            "change_at": iso(change_at),
+            "version": version,
+            "quantile": _quantile_name(self.settings.quantile),
+            "increase_pct": round((current_ms / baseline_ms - 1) * 100, 1),
+            "windows_after": windows_after,
+            "p_value": float(f"{p_value:.3g}"),
+            "window_s": self.window_ns / 1e9,
+            "canary": baseline_version is not None,
+            "status": FIRING,
+        }
+        if baseline_version is not None:
+            details["baseline_version"] = baseline_version
+        finding = series_finding(
+            TYPE,
+            key,
+            newest,
+            severity=severity_by_thresholds(current_ms / max(baseline_ms, 1e-3), 1.0, 1.5, 2.0),
             title=f"{key.operation} got slower: {self._describe(details)}",
-            fingerprint=fingerprint(
-                TYPE, key.service, key.operation, details["version"] or details["change_at"]
-            ),
+            fingerprint=fingerprint(TYPE, key.service, key.operation, version or details["change_at"]),
             details=details,
-            time_ns=newest.end_ns,
             summary=f"{details['quantile']} latency regression",
         )
-        state = {"status": FIRING, "fingerprint": finding.fingerprint, "details": details}
-        return [finding], state
+        return [finding], {"status": FIRING, "fingerprint": finding.fingerprint, "details": details}
 
     @staticmethod
     def _describe(details: dict[str, object]) -> str:
@@ -360,16 +375,14 @@ class TrendMonitor:
                 return [], state  # still side by side: the direct comparison stands
         if current_ms > float(fired["baseline_ms"]) * (1 + config.min_increase / 2):
             return [], state
-        details = {**fired, "current_ms": round(current_ms, 1), "status": RESOLVED}
-        finding = Finding(
-            type=TYPE,
-            severity=Severity.LOW,
-            service=key.service,
-            operation=key.operation,
+        details = {**fired, "current_ms": round(current_ms, 1)}
+        finding = resolution(
+            TYPE,
+            key,
+            valid[-1],
+            state,
             title=f"{key.operation} is back to {details['quantile']} {details['current_ms']} ms (resolved)",
-            fingerprint=state["fingerprint"],
             details=details,
-            time_ns=valid[-1].end_ns,
             summary=f"{details['quantile']} latency regression",
         )
         return [finding], None
