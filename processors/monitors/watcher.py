@@ -368,5 +368,9 @@ class Watcher:
             thread.join(timeout=5)
         try:
             self.flush()
+            with self._lock:
+                if self._store is not None:  # the last connection out folds the WAL into the file
+                    self._store.close()
+                    self._store = None
         except Exception:
             logger.exception("otel-perf: saving the open windows failed")

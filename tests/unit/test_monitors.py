@@ -524,3 +524,13 @@ def test_a_release_after_a_restart_gap_is_named_even_when_the_split_lands_before
     after = [window(i, 100, versions={"1.1": 1}) for i in range(30, 36)]  # 9 s of restart gap
     found = run(trend(), before + after)
     assert len(found) == 1 and found[0][1].details["version"] == "1.1"
+
+
+def test_shutdown_leaves_one_state_file_with_the_open_windows_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "m.sqlite3"
+    watcher = Watcher(settings(path), [ErrorRateMonitor(ErrorRateSettings(), 1)], Kept(), clock=lambda: T0)
+    watcher.record("shop", "GET /", "1.0", T0, 10**6, False)
+    watcher.advance()
+    watcher.shutdown()
+    assert sorted(each.name for each in tmp_path.iterdir()) == ["m.sqlite3"]  # no -wal, -shm left
+    assert WindowStore(path).unsealed(T0 + SECOND) == [(SeriesKey("shop", "GET /"), T0)]
