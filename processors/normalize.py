@@ -322,3 +322,50 @@ def url_template(url: str) -> str:
 def path_template(path: str) -> str:
     """A bare path (`/orders/42`) templated like a URL's path."""
     return url_template(path if path.startswith("/") else "/" + path)
+
+
+# Redis commands whose every argument is a key (the rest take one key, then values).
+_MULTI_KEY_COMMANDS = frozenset(
+    (
+        "MGET",
+        "DEL",
+        "EXISTS",
+        "UNLINK",
+        "TOUCH",
+        "WATCH",
+        "SDIFF",
+        "SINTER",
+        "SUNION",
+        "PFCOUNT",
+        "GET_MULTI",
+        "GETS",
+    )
+)
+
+
+def _cache_key_template(key: str) -> str:
+    """`authors:42:profile` → `authors:?:profile`: the key's words stay (they say what is cached),
+    ids, hashes and tokens go, like a URL's path segments."""
+    return ":".join(part if _is_route_word(part) else "?" for part in key.split(":"))
+
+
+@lru_cache(maxsize=4096)
+def cache_command_template(command: str) -> str:
+    """`GET authors:1` → `GET authors:?`; `SET session:9f8a… <value>` → `SET session:? ?`.
+
+    A cache key is not SQL (`:1` is a value, not a named parameter) and its values never leave:
+    only the command and the words of its keys are kept; an already sanitised `GET ?` stays as is.
+    """
+    parts = command.split()
+    if not parts:
+        return command
+    name = parts[0].upper()
+    if len(parts) == 1:
+        return name
+    keys = parts[1:] if name in _MULTI_KEY_COMMANDS else parts[1:2]
+    templates = list(dict.fromkeys("?" if key == "?" else _cache_key_template(key) for key in keys))
+    if len(keys) > len(templates):
+        templates.append("…")  # MGET of many keys of one kind: one template, however many keys
+    if len(parts) > 1 + len(keys):
+        templates.append("?")  # the values
+    return " ".join([name, *templates])

@@ -25,6 +25,10 @@ CODE_FILE = ("code.file.path", "code.filepath")
 CODE_LINE = ("code.line.number", "code.lineno")
 CODE_FUNCTION = ("code.function.name", "code.function")
 
+# `db.system` values of key-value caches: their calls are kind `cache`, their statements commands
+# with keys (`GET authors:1`), not SQL.
+CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey"))
+
 # Resource attributes.
 SERVICE_NAME = "service.name"
 SERVICE_VERSION = "service.version"

@@ -45,7 +45,7 @@ def test_demo_runs_the_shop_and_shows_the_findings() -> None:
         ("GET /products/search", "1.1.0")
     ], trends
     quiet_line = next(line for line in out.splitlines() if line.startswith("Quiet, as they should be:"))
-    for endpoint in ("/orders/eager", "/orders/recent", "/dashboard", "/stock/parallel", "/healthz"):
+    for endpoint in ("/orders/eager", "/orders/recent", "/dashboard", "/stock/batch", "/healthz"):
         assert endpoint in quiet_line
     # No collector runs: export errors stay in the app's log, out of the user's output.
     assert "StatusCode.UNAVAILABLE" not in out + result.stderr

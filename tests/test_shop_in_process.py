@@ -13,14 +13,20 @@ import pytest
 
 from tests.support.apps import SHOP_TRAFFIC, SITECUSTOMIZE_DIR, by_operation, drive_shop
 
-EXPECTED = {"GET /orders", "GET /reports/order-lines", "GET /stock/sequential", "GET /reports/revenue"}
+EXPECTED = {
+    "GET /orders",
+    "GET /reports/order-lines",
+    "GET /stock/sequential",
+    "GET /stock/parallel",
+    "GET /reports/revenue",
+}
 QUIET = {
     "GET /healthz",
     "GET /orders/eager",
     "GET /orders/recent",
     "GET /dashboard",
     "GET /customers/{customer_id}",
-    "GET /stock/parallel",
+    "GET /stock/batch",
 }
 CONTRACT_FIELDS = {
     "type",
@@ -71,6 +77,10 @@ def assert_shop_findings(alerts: list[dict], db_system: str = "sqlite") -> None:
     http = n_plus_one["GET /stock/sequential"]["details"]
     assert http["kind"] == "http" and http["count"] == 8 and http["method"] == "GET"
     assert http["url_template"].endswith("/inventory/{id}")
+    assert http["concurrent"] is False
+    burst = n_plus_one["GET /stock/parallel"]["details"]
+    assert burst["kind"] == "http" and burst["count"] == 8 and burst["concurrent"] is True
+    assert "batch endpoint" in burst["suggestion"]
 
     slow = by_operation(alerts, "slow_span")["GET /reports/revenue"]["details"]
     assert slow["statement"].startswith("WITH RECURSIVE series(n) AS (SELECT ? UNION ALL")
@@ -95,7 +105,7 @@ def test_shop_findings_in_both_launch_modes(launch, mode: str) -> None:
     assert len(fingerprints) == len(set(fingerprints))
     # (On a loaded machine the whole revenue request may pass 500 ms too: a fifth, genuine finding.)
     request_level = [alert for alert in alerts if alert["details"].get("span_kind") == "server"]
-    assert len(fingerprints) - len(request_level) == 4
+    assert len(fingerprints) - len(request_level) == len(EXPECTED)
 
 
 def test_shop_on_postgresql(launch, postgres) -> None:
@@ -255,13 +265,15 @@ def test_shop_traffic_list_covers_every_route() -> None:
     requested = {
         path if not path.startswith("/customers/") else "/customers/{customer_id}" for path in SHOP_TRAFFIC
     }
-    assert routes - {"/inventory/{sku}"} == requested
+    assert routes - {"/inventory/{sku}", "/inventory"} == requested
 
 
 SHOP_ROUTES = {f"GET {path}" for path in ("/orders", "/reports/order-lines", "/reports/revenue")} | {
     "GET /stock/sequential",
     "GET /stock/parallel",
+    "GET /stock/batch",
     "GET /inventory/{sku}",
+    "GET /inventory",
 }
 
 

@@ -40,7 +40,8 @@ TRAFFIC = [
     ("/reports/order-lines", "raw-SQL N+1 with literals"),
     ("/reports/revenue", "a slow query"),
     ("/stock/sequential", "HTTP N+1 (calls in a loop)"),
-    ("/stock/parallel", "HTTP fan-out (concurrent calls)"),
+    ("/stock/parallel", "the same calls, concurrently (still one per SKU)"),
+    ("/stock/batch", "the fix: one batch call"),
     ("/products/search", "a quick search (until release 1.1.0)"),
 ]
 EXPECTED_FINDINGS = {
@@ -48,6 +49,7 @@ EXPECTED_FINDINGS = {
     "GET /reports/order-lines",
     "GET /reports/revenue",
     "GET /stock/sequential",
+    "GET /stock/parallel",
 }
 
 

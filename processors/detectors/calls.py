@@ -12,22 +12,43 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
+from otel_perf.processors.normalize import (
+    cache_command_template,
+    is_transaction_control,
+    normalize_sql,
+    url_template,
+)
+from otel_perf.processors.semconv import CACHE_SYSTEMS
 from otel_perf.processors.tree import SpanNode
 
 Signature = tuple[str, ...]
 
 
 def signature(node: SpanNode) -> Signature | None:
-    """What makes two sibling spans 'the same call'; None for spans that are neither DB nor HTTP."""
+    """What makes two sibling spans 'the same call': kind (db, cache, http) and template; None for
+    spans that are no call of their own (internal work, a pool checkout, BEGIN/COMMIT)."""
+    if node.db_system in CACHE_SYSTEMS:
+        return ("cache", cache_command_template(node.statement or node.name))
+    if node.is_connection_checkout:
+        # Taking a connection from the pool, once per `engine.connect()`: part of a loop, not its call.
+        return None
     if node.statement is not None:
-        template = normalize_sql(node.statement, node.db_system)
+        template = statement_template(node)
         return None if is_transaction_control(template) else ("db", template)
     if node.db_system is not None:
         return ("db", f"{node.db_system} {node.name}")
     if node.is_http_client:
         return ("http", node.http_method or "GET", url_template(node.http_url or ""))
     return None
+
+
+def statement_template(node: SpanNode) -> str:
+    """A DB or cache span's statement without literals (SQL, or a cache command with its key's ids
+    dropped): what may leave in an alert. Callers check `node.statement is not None`."""
+    statement = node.statement or ""
+    if node.db_system in CACHE_SYSTEMS:
+        return cache_command_template(statement)
+    return normalize_sql(statement, node.db_system)
 
 
 def _echoes(inner: SpanNode, outer: SpanNode) -> bool:

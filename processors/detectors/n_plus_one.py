@@ -40,7 +40,15 @@ class NPlusOneSettings(Section):
         0.2,
         ge=0,
         le=1,
-        description="Share of repeats that may overlap their predecessor and still count as sequential.",
+        description="Share of repeats that may overlap their predecessor and still count as sequential "
+        "(more: a concurrent N+1, reported with details.concurrent).",
+    )
+    overlap_tolerance: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="An overlap shorter than this share of the shorter span is no overlap (clock skew, "
+        "async drivers).",
     )
     medium_ms: float = Field(50, ge=0, description="Total time of the repeats from which severity is medium.")
     high_ms: float = Field(250, ge=0, description="… high.")
@@ -60,15 +68,28 @@ def _route_signature(node: SpanNode) -> Signature | None:
     return None
 
 
-def is_sequential(members: list[SpanNode], max_overlap: float) -> bool:
+def overlaps(previous_end_ns: int, member: SpanNode, previous: SpanNode, tolerance: float) -> bool:
+    """Whether `member` started before `previous` (ending at `previous_end_ns`) was done, by more
+    than `tolerance` of the shorter one's duration: an async driver reporting the end late, or two
+    hosts' clocks, make a loop's spans touch without making it concurrent."""
+    allowed = tolerance * min(member.duration_ns, previous.duration_ns)
+    return member.start_ns < previous_end_ns - allowed
+
+
+def is_sequential(members: list[SpanNode], max_overlap: float, tolerance: float = 0.0) -> bool:
     """True when the repeats ran one after another (a loop), not concurrently (a fan-out)."""
-    overlaps = 0
-    latest_end = members[0].end_ns
+    overlapping = 0
+    latest = members[0]
+    latest_end = latest.end_ns
     for member in members[1:]:
-        if member.start_ns < latest_end:
-            overlaps += 1
-        latest_end = max(latest_end, member.end_ns)
-    return overlaps <= max_overlap * (len(members) - 1)
+        if overlaps(latest_end, member, latest, tolerance):
+            overlapping += 1
+        if member.end_ns >= latest_end:
+            latest, latest_end = member, member.end_ns
+    return overlapping <= max_overlap * (len(members) - 1)
+
+
+_NOUNS = {"db": "queries", "http": "HTTP calls", "cache": "cache calls"}
 
 
 class NPlusOneDetector:
@@ -105,15 +126,19 @@ class NPlusOneDetector:
         self, tree: TraceTree, parent: SpanNode, key: Signature, members: list[SpanNode]
     ) -> Iterator[Finding]:
         settings = self.settings
-        if not is_sequential(members, settings.max_overlap):
-            return
+        concurrent = not is_sequential(members, settings.max_overlap, settings.overlap_tolerance)
         kind = key[0]
         template = key[-1]
-        total_ms = sum(member.duration_ns for member in members) / 1e6
+        durations = [member.duration_ns for member in members]
+        total_ms = sum(durations) / 1e6
+        # One batched call would cost about the longest of them: the rest is what it saves (for a
+        # loop, request time; for a concurrent burst, round trips and work on the other side).
+        saved_ms = total_ms - max(durations) / 1e6
+        wall_ms = (max(member.end_ns for member in members) - members[0].start_ns) / 1e6
         parent_ms = parent.duration_ms
-        share = min(1.0, total_ms / parent_ms) if parent_ms > 0 else 1.0
+        share = min(1.0, (wall_ms if concurrent else total_ms) / parent_ms) if parent_ms > 0 else 1.0
         severity = severity_by_thresholds(
-            total_ms, settings.medium_ms, settings.high_ms, settings.critical_ms
+            saved_ms if concurrent else total_ms, settings.medium_ms, settings.high_ms, settings.critical_ms
         )
         if share < settings.min_share:
             severity = severity.lowered()
@@ -122,11 +147,14 @@ class NPlusOneDetector:
         details: dict[str, object] = {
             "kind": kind,
             "count": len(members),
+            "concurrent": concurrent,
             "parent_span": parent.name,
             "total_duration_ms": round(total_ms, 3),
+            "wall_ms": round(wall_ms, 3),
+            "saved_ms": round(saved_ms, 3),
             "share_of_parent": round(share, 3),
         }
-        if kind == "db":
+        if kind in ("db", "cache"):
             details["statement"] = template
             if first.db_system:
                 details["db_system"] = first.db_system
@@ -156,12 +184,15 @@ class NPlusOneDetector:
             details["suggestion"] = (
                 "fetch all rows in one query (WHERE … IN (…) or a JOIN) instead of one per item"
             )
+        elif kind == "cache":
+            details["suggestion"] = "read the keys in one round trip (MGET, get_many or a pipeline)"
+        elif concurrent:
+            details["suggestion"] = "call a batch endpoint once instead of one call per item"
         else:
             details["suggestion"] = "call a batch endpoint once, or run the calls concurrently"
         cause = f" ({relationship} lazy load)" if relationship else ""
-        title = (
-            f"N+1 {'queries' if kind == 'db' else 'HTTP calls'}: {len(members)}× {what} in {operation}{cause}"
-        )
+        manner = "concurrent " if concurrent else ""
+        title = f"N+1 {manner}{_NOUNS[kind]}: {len(members)}× {what} in {operation}{cause}"
         yield Finding(
             type=self.name,
             severity=severity,

@@ -19,7 +19,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict
 
 from otel_perf.processors.config import Section
 from otel_perf.processors.detectors.base import operation_of, short
-from otel_perf.processors.detectors.calls import is_echo
+from otel_perf.processors.detectors.calls import is_echo, statement_template
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
 from otel_perf.processors.normalize import normalize_sql, url_template
 from otel_perf.processors.tree import (
@@ -152,7 +152,7 @@ class SlowSpanDetector:
             "ratio": round(ratio, 2),
         }
         if node.statement is not None:
-            what_key = normalize_sql(node.statement, node.db_system)
+            what_key = statement_template(node)
             details["statement"] = what_key
             what = f"query {short(what_key, 70)}"
         elif node.kind == KIND_CLIENT and node.http_url is not None:
@@ -193,7 +193,7 @@ def _field_value(node: SpanNode, field: str) -> str | None:
     if field == "name":
         return node.name
     if field == "statement":
-        return normalize_sql(node.statement, node.db_system) if node.statement is not None else None
+        return statement_template(node) if node.statement is not None else None
     if field == "db.system":
         return node.db_system
     return node.service
@@ -208,7 +208,7 @@ def _dominant_child(node: SpanNode) -> dict[str, object] | None:
     if share < 0.5:
         return None
     if child.statement is not None:
-        label = normalize_sql(child.statement, child.db_system)
+        label = statement_template(child)
     else:
         label = normalize_sql(child.name, child.db_system) if child.is_db else child.name
     return {

@@ -192,6 +192,7 @@ SHOP_TRAFFIC = [
     "/reports/revenue",
     "/stock/sequential",
     "/stock/parallel",
+    "/stock/batch",
     "/products/search",
 ]
 

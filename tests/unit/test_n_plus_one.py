@@ -108,8 +108,51 @@ def test_repeats_with_only_db_system_are_grouped_by_name() -> None:
         for i in range(6)
     ]
     [finding] = detect(root, gets)
-    assert finding.details["kind"] == "db"
+    assert finding.details["kind"] == "cache"
     assert finding.details["count"] == 6
+
+
+def test_a_cache_read_loop_is_its_own_kind_without_the_keys_ids() -> None:
+    root = server("GET /authors", 0, 50)
+    gets = [
+        node(
+            "GET",
+            1 + i,
+            1.5 + i,
+            parent=root,
+            kind=KIND_CLIENT,
+            attributes={"db.system": "redis", "db.statement": f"GET authors:{1000 + i}"},
+        )
+        for i in range(8)
+    ]
+    [finding] = detect(root, gets)
+    assert finding.details["kind"] == "cache"
+    assert finding.details["statement"] == "GET authors:?"
+    assert "MGET" in finding.details["suggestion"]
+    assert finding.title.startswith("N+1 cache calls: 8× GET authors:?")
+    assert "1000" not in json.dumps(finding.to_json())
+
+
+def test_pool_checkouts_between_the_repeats_do_not_hide_the_loop() -> None:
+    root = server("GET /stock", 0, 100)
+    spans = []
+    for i in range(8):
+        spans.append(
+            node(
+                "connect",
+                1 + i * 3,
+                1.5 + i * 3,
+                parent=root,
+                kind=KIND_CLIENT,
+                attributes={"db.system": "sqlite"},
+            )
+        )
+        spans.append(query(f"SELECT qty FROM stock WHERE id = {i}", 1.6 + i * 3, 2.5 + i * 3, root))
+        spans.append(node("serialize", 2.6 + i * 3, 2.9 + i * 3, parent=root))
+    [finding] = detect(root, spans)
+    assert finding.details["kind"] == "db"
+    assert finding.details["count"] == 8
+    assert "connect" not in finding.title
 
 
 # --- true negatives ---------------------------------------------------------------------------------
@@ -133,22 +176,44 @@ def test_short_loop_below_min_repeats() -> None:
     assert detect(root, books, authors, min_repeats=5) == []
 
 
-def test_parallel_fan_out_is_not_an_n_plus_one() -> None:
+def test_a_concurrent_fan_out_is_a_concurrent_n_plus_one() -> None:
     root = server("GET /prices", 0, 50)
     parallel = [
         query(f"SELECT price FROM quotes WHERE sym = 'S{i}'", 1 + i * 0.1, 20 + i * 0.1, root)
         for i in range(8)
     ]
-    assert detect(root, parallel) == []
+    [finding] = detect(root, parallel)
+    assert finding.details["concurrent"] is True
+    assert finding.title.startswith("N+1 concurrent queries: 8×")
+    # One query instead of eight saves the other seven's work.
+    assert finding.details["saved_ms"] == pytest.approx(7 * 19, abs=0.01)
+    assert finding.details["wall_ms"] == pytest.approx(19.7, abs=0.01)
     calls = [http_call(f"http://quotes/q/{i}", 1, 30, root) for i in range(8)]
-    assert detect(root, calls) == []
+    [finding] = detect(root, calls)
+    assert finding.details["concurrent"] is True
+    assert "batch endpoint" in finding.details["suggestion"]
+
+
+def test_a_loop_is_not_concurrent() -> None:
+    root, books, authors = author_loop(10)
+    [finding] = detect(root, books, authors)
+    assert finding.details["concurrent"] is False
 
 
 def test_a_little_overlap_is_still_sequential() -> None:
     root = server("GET /x", 0, 100)
     spans = loop(root, [f"SELECT * FROM t WHERE id = {i}" for i in range(11)], each_ms=1, gap_ms=0)
     spans[5].start_ns -= 500_000  # one of ten overlaps its predecessor: ≤ max_overlap (0.2)
-    assert len(detect(root, spans)) == 1
+    [finding] = detect(root, spans)
+    assert finding.details["concurrent"] is False
+
+
+def test_each_repeat_starting_just_before_the_previous_ended_is_still_a_loop() -> None:
+    """An async driver (or clock skew) makes every repeat overlap its predecessor by 1 ms of 10."""
+    root = server("GET /x", 0, 200)
+    spans = [query(f"SELECT * FROM t WHERE id = {i}", 1 + i * 9, 11 + i * 9, root) for i in range(10)]
+    [finding] = detect(root, spans)
+    assert finding.details["concurrent"] is False
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ import uuid
 import pytest
 
 from otel_perf.processors.normalize import (
+    cache_command_template,
     is_transaction_control,
     normalize_sql,
     path_template,
@@ -330,3 +331,21 @@ def test_generated_url_literals_never_survive() -> None:
         if leaked or template != expected:
             failures.append((url, template, leaked))
     assert not failures, f"{len(failures)} of 1000 leaked, e.g. {failures[:2]}"
+
+
+@pytest.mark.parametrize(
+    ("command", "template"),
+    [
+        ("GET authors:1", "GET authors:?"),
+        ("get authors:abc-123", "GET authors:?"),
+        ("GET ?", "GET ?"),  # the Redis instrumentation's sanitised form stays as it is
+        ("HGETALL user:42:profile", "HGETALL user:?:profile"),
+        ("MGET authors:1 authors:2 authors:3", "MGET authors:? …"),
+        ("DEL cart:7 session:9f8a7c7d7e", "DEL cart:? session:?"),
+        ("SET session:9f8a7c7d7e hunter2", "SET session:? ?"),  # values never leave
+        ("SETEX token:eyJhbGciOi 60 secret", "SETEX token:? ?"),
+        ("PING", "PING"),
+    ],
+)
+def test_cache_commands_keep_the_command_and_the_words_of_their_keys(command: str, template: str) -> None:
+    assert cache_command_template(command) == template
