@@ -18,7 +18,14 @@ from otel_perf.processors.errors import OtlpFormatError
 from otel_perf.processors.findings import DiscardFindings, Finding
 from otel_perf.processors.monitors import Watcher, build_watcher
 from otel_perf.processors.sources import read_json_lines
-from otel_perf.processors.tree import SpanNode, TraceTree, starts_request
+from otel_perf.processors.tree import (
+    KIND_CONSUMER,
+    KIND_SERVER,
+    FirstRequests,
+    SpanNode,
+    TraceTree,
+    starts_request,
+)
 from otel_perf.settings import Settings
 
 
@@ -55,8 +62,14 @@ def analyze_traces(
     router = AlertRouter(settings.router, replay=True)
     watched = _Collected()
     watcher = build_watcher(settings.monitor, settings.monitors, findings=watched, replay=True)
+    first_requests = FirstRequests()
+    for nodes in traces.values():
+        for node in nodes:
+            if node.kind in (KIND_SERVER, KIND_CONSUMER):
+                first_requests.saw(node.service, node.start_ns)
     trees = sorted(
-        (TraceTree(trace_id, nodes) for trace_id, nodes in traces.items()), key=lambda tree: tree.end_ns()
+        (TraceTree(trace_id, nodes, first_requests) for trace_id, nodes in traces.items()),
+        key=lambda tree: tree.end_ns(),
     )
     for tree in trees:
         findings = analyze_tree(tree, detectors, source="offline")

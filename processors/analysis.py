@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Protocol, TypeVar
 
 from otel_perf.processors import semconv
-from otel_perf.processors.config import Section
+from otel_perf.processors.config import ScopedSection, Section
 from otel_perf.processors.detectors import REGISTRY
 from otel_perf.processors.detectors.base import Detector
 from otel_perf.processors.engine import EngineStats
 from otel_perf.processors.findings import Finding
 from otel_perf.processors.sources import Mark
-from otel_perf.processors.tree import SpanNode, TraceShape, TraceTree
+from otel_perf.processors.tree import FirstRequests, SpanNode, TraceShape, TraceTree
 
 logger = logging.getLogger("otel_perf.analysis")
 
@@ -44,9 +44,25 @@ def build_detectors(sections: Mapping[str, Section] | None = None) -> list[Detec
     detectors: list[Detector] = []
     for name, (detector_class, section_class) in REGISTRY.items():
         section = (sections or {}).get(name) or section_class.load()
-        if getattr(section, "enabled", True):
+        if _enabled_anywhere(section):
             detectors.append(detector_class(section))
     return detectors
+
+
+def _enabled_anywhere(section: Section) -> bool:
+    """Whether a detector runs at all: enabled, or enabled for some service or operation only."""
+    if getattr(section, "enabled", True):
+        return True
+    scopes = section.scopes if isinstance(section, ScopedSection) else {}
+    return any(values.get("enabled") for values in scopes.values())
+
+
+def _disabled_at(detector: Detector, finding: Finding) -> bool:
+    """Whether the detector is turned off for the finding's service or operation (`scopes`)."""
+    settings = getattr(detector, "settings", None)
+    if not isinstance(settings, ScopedSection) or not settings.scopes:
+        return False
+    return not getattr(settings.at(finding.service, finding.operation), "enabled", True)
 
 
 def worth_analysing(shape: TraceShape, detectors: Sequence[Detector]) -> bool:
@@ -69,6 +85,8 @@ def analyze_tree(tree: TraceTree, detectors: Sequence[Detector], source: str = "
     for detector in detectors:
         try:
             for finding in detector.detect(tree):
+                if _disabled_at(detector, finding):
+                    continue
                 if not _has_genuine_entry(tree, finding):
                     logger.debug("otel-perf: %s dropped: no real entry span in this trace", finding.title)
                     continue
@@ -77,7 +95,29 @@ def analyze_tree(tree: TraceTree, detectors: Sequence[Detector], source: str = "
                 findings.append(finding)
         except Exception:  # a bug in one detector must not stop analysis
             logger.exception("otel-perf: detector %s failed on trace %s", detector.name, tree.trace_id_hex)
-    return findings
+    return _without_superseded(
+        findings, {detector.name: getattr(detector, "supersedes", ()) for detector in detectors}
+    )
+
+
+def _without_superseded(findings: list[Finding], supersedes: Mapping[str, Collection[str]]) -> list[Finding]:
+    """Drop each finding that is part of a wider one (see `Detector.supersedes`): most of its spans
+    are among the spans of a finding whose detector supersedes its type."""
+    wider = [
+        (supersedes[finding.type], set(finding.offending))
+        for finding in findings
+        if supersedes.get(finding.type) and finding.offending
+    ]
+    if not wider:
+        return findings
+    return [
+        finding
+        for finding in findings
+        if not any(
+            finding.type in types and 2 * len(spans.intersection(finding.offending)) > len(finding.offending)
+            for types, spans in wider
+        )
+    ]
 
 
 def _has_genuine_entry(tree: TraceTree, finding: Finding) -> bool:
@@ -103,15 +143,17 @@ def analyse_trace(
     source: str = "in_process",
     annotate: bool = True,
     keep: Callable[[TraceTree, Finding], bool] | None = None,
+    first_requests: FirstRequests | None = None,
 ) -> list[Finding]:
     """The analyse step of both hosts: shape pre-check, tree, findings, flagged spans annotated
     (unless `annotate` is false), counted in `stats`. `keep`: which findings to return (after
-    annotation). Never raises: a failed analysis is counted and logged; the spans go on as they are.
+    annotation). `first_requests`: what tells start-up from background work. Never raises: a
+    failed analysis is counted and logged; the spans go on as they are.
     """
     findings: list[Finding] = []
     try:
         if worth_analysing(adapter.shape(spans), detectors):
-            tree = TraceTree(trace_id, adapter.nodes(spans))
+            tree = TraceTree(trace_id, adapter.nodes(spans), first_requests)
             findings = analyze_tree(tree, detectors, source=source)
             if findings and annotate:
                 nodes = tree.nodes

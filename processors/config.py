@@ -8,11 +8,14 @@ field falls back to its default.
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, TypeVar
+import re
+from fnmatch import translate
+from typing import Annotated, Any, TypeVar
 
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from otel_perf.processors.errors import SettingsError
 
@@ -62,3 +65,100 @@ def describe_errors(section: type[Section], error: ValidationError) -> list[tupl
             shown = "***"  # a webhook URL embeds its token: never in a log line
         problems.append((field, f"{section.env_name(field)}={shown!r} is invalid: {item['msg']}"))
     return problems
+
+
+SCOPE_FIELDS = ("operation", "service")  # most specific first
+
+
+class ScopedSection(Section):
+    """A section whose values may differ per service and per operation (endpoint, job, `startup`):
+    `scopes` maps `service:<glob>` or `operation:<glob>` to some of the section's own fields, e.g.
+    `{"operation:GET /reports/*": {"min_repeats": 20}, "service:batch-*": {"enabled": false}}`.
+    `at(service, operation)` is the section as it applies there: the defaults, then the first
+    matching service scope, then the first matching operation scope."""
+
+    scopes: Annotated[dict[str, dict[str, Any]], NoDecode] = Field(
+        default_factory=dict,
+        description='JSON object of settings per service or operation, e.g. {"operation:GET /reports/*": '
+        '{"enabled": false}, "service:batch-*": {...}}; keys are service:<glob> or operation:<glob>.',
+    )
+    _matchers: list[tuple[int, re.Pattern[str], dict[str, Any]]] = PrivateAttr(default_factory=list)
+    _resolved: dict[tuple[str, str], Any] = PrivateAttr(default_factory=dict)
+
+    @field_validator("scopes", mode="before")
+    @classmethod
+    def _parse_scopes(cls, value: object) -> object:
+        """JSON from the environment, parsed here so a typo is a validation error naming the variable."""
+        return json.loads(value) if isinstance(value, str) else value
+
+    @field_validator("scopes")
+    @classmethod
+    def _check_scopes(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        own = set(cls.model_fields) - {"scopes"}
+        for key, values in value.items():
+            field, _, pattern = key.partition(":")
+            if field not in SCOPE_FIELDS or not pattern:
+                raise ValueError(f"scope key {key!r} must be service:<glob> or operation:<glob>")
+            unknown = set(values) - own
+            if unknown:
+                raise ValueError(f"scope {key!r} sets {sorted(unknown)}, not settings of this section")
+            cls._validated(key, values)
+        return value
+
+    @classmethod
+    def _validated(cls, key: str, values: dict[str, Any]) -> dict[str, Any]:
+        """A scope's values as their fields take them (constraints included, no environment read)."""
+        validated = {}
+        for name, raw in values.items():
+            field = cls.model_fields[name]
+            try:
+                validated[name] = TypeAdapter(field.rebuild_annotation()).validate_python(raw)
+            except ValidationError as error:
+                problem = "; ".join(item["msg"] for item in error.errors())
+                raise ValueError(f"scope {key!r}: {name}: {problem}") from None
+        return validated
+
+    def model_post_init(self, context: Any) -> None:
+        rank = {field: position for position, field in enumerate(SCOPE_FIELDS)}
+        self._matchers = sorted(
+            (
+                (
+                    rank[field],
+                    re.compile(translate(pattern)),
+                    self._validated(key, values),
+                )
+                for key, values in self.scopes.items()
+                for field, _, pattern in [key.partition(":")]
+            ),
+            key=lambda item: -item[0],  # service scopes first, so an operation's values win
+        )
+
+    def at(self: ScopedT, service: str, operation: str) -> ScopedT:
+        """This section as it applies to `operation` of `service` (itself when no scope matches)."""
+        if not self._matchers:
+            return self
+        key = (service, operation)
+        resolved = self._resolved.get(key)
+        if resolved is None:
+            update: dict[str, Any] = {}
+            matched: set[int] = set()
+            for rank, pattern, values in self._matchers:
+                subject = operation if SCOPE_FIELDS[rank] == "operation" else service
+                if rank not in matched and pattern.match(subject):
+                    update.update(values)
+                    matched.add(rank)
+            resolved = self.model_copy(update=update) if update else self
+            if len(self._resolved) < _MAX_RESOLVED:
+                self._resolved[key] = resolved
+        return resolved
+
+    def lowest(self, field: str) -> float:
+        """The smallest value `field` takes in any scope: what a cheap pre-check must allow for."""
+        values = [getattr(self, field)] + [
+            values[field] for _, _, values in self._matchers if field in values
+        ]
+        return float(min(values))
+
+
+ScopedT = TypeVar("ScopedT", bound=ScopedSection)
+_MAX_RESOLVED = 4096  # (service, operation) pairs remembered; beyond that, resolved each time

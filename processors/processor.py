@@ -21,6 +21,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
@@ -46,6 +47,7 @@ from otel_perf.processors.failsafe import record_failure
 from otel_perf.processors.findings import FindingsHandler, default_handler
 from otel_perf.processors.monitors import Watcher, build_watcher
 from otel_perf.processors.sources import READABLE
+from otel_perf.processors.tree import FirstRequests
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -56,6 +58,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("otel_perf.processor")
 _CLIENT = SpanKind.CLIENT
+_REQUEST_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
+_BARE_CALL_KINDS = (SpanKind.CLIENT, SpanKind.PRODUCER)  # as a local root: no request (`tree.starts_request`)
 _MAX_SKIPPED_REMEMBERED = 4096
 
 Mode = Literal["in_process", "collector", "both"]
@@ -184,6 +188,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             watcher = build_watcher(findings=self.findings, sample_host=True) if self._active else None
         self.watcher = watcher if self._active else None
         self._identity: tuple[object, str, str | None] = (None, "", None)  # resource → service, version
+        self._first_requests = FirstRequests()  # start-up work is what ran before the first request
         self._downstream: tuple[SpanProcessor, ...] = (export_processor,) if export_processor else ()
         self._locator = CodeLocator() if config.capture_code_location else None
         self._budget = AnalysisBudget(config.analysis_cpu_share)
@@ -238,6 +243,8 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                 parent = span.parent
                 if parent is None or parent.is_remote:
                     self._open_root(trace_id, span.name)
+                    if span.kind in _REQUEST_KINDS:
+                        self._first_requests.saw(self._identify(span.resource)[0], span.start_time or 0)
                 # Only traces that will be analysed pay for the call site (and it counts against
                 # the analysis CPU share).
                 if span.kind is _CLIENT:
@@ -283,7 +290,8 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         if self.watcher is not None:
             parent = span.parent
-            if parent is None or parent.is_remote:  # a request (any local root), analysed or not
+            # A request (a local root, analysed or not), unless a bare query or call (start-up DDL).
+            if (parent is None or parent.is_remote) and span.kind not in _BARE_CALL_KINDS:
                 try:
                     self._watch(span)
                 except Exception:  # never into application code
@@ -297,9 +305,8 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                 record_failure("span end")
         self._forward((span,))
 
-    def _watch(self, span: ReadableSpan) -> None:
-        """One request into the trend and error-rate windows: an append (see `monitors.watcher`)."""
-        resource = span.resource
+    def _identify(self, resource: Resource) -> tuple[str, str | None]:
+        """(service, version) of the app's resource, read once per resource object."""
         cached, service, version = self._identity
         if resource is not cached:
             attributes = resource.attributes
@@ -307,6 +314,11 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             named = attributes.get(semconv.SERVICE_VERSION)
             version = str(named) if named else None
             self._identity = (resource, service, version)
+        return service, version
+
+    def _watch(self, span: ReadableSpan) -> None:
+        """One request into the trend and error-rate windows: an append (see `monitors.watcher`)."""
+        service, version = self._identify(span.resource)
         watcher = self.watcher
         if watcher is not None and watcher.service is None:
             watcher.service = service  # the app's resources are sampled under its name
@@ -415,7 +427,13 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         started = time.thread_time()
         # Annotate only what we alone hand to the exporter.
         findings = analyse_trace(
-            trace_id, spans, READABLE, self._detectors, self.stats, annotate=bool(self._downstream)
+            trace_id,
+            spans,
+            READABLE,
+            self._detectors,
+            self.stats,
+            annotate=bool(self._downstream),
+            first_requests=self._first_requests,
         )
         self._hand_over(spans, deadline)
         # Charged: analysis, export hand-off and call-site capture (conservative: the hand-off is

@@ -41,9 +41,42 @@ _LAZY_FIELDS = frozenset(
 
 
 def starts_request(has_parent: bool, kind: int) -> bool:
-    """Whether a span is a request the trend and error-rate monitors count: a trace's root, or a
-    server/consumer span (a service's entry in a distributed trace)."""
-    return not has_parent or kind in (KIND_SERVER, KIND_CONSUMER)
+    """Whether a span is a request the trend and error-rate monitors count: a server/consumer span
+    (a service's entry), or a trace's root other than a bare call (a job, a script's span). A
+    query or call with no parent (start-up DDL, a poller) is no request."""
+    if kind in (KIND_SERVER, KIND_CONSUMER):
+        return True
+    return not has_parent and kind not in (KIND_CLIENT, KIND_PRODUCER)
+
+
+# The operation of work outside any request (see `FirstRequests`).
+STARTUP = "startup"
+BACKGROUND = "background"
+_MAX_SERVICES = 10_000
+
+
+class FirstRequests:
+    """When each service's first request started, as far as a host has seen: a bare query or call
+    (a trace whose root is a client span) that started before it is start-up work (`startup`), one
+    after it background work (`background`). Findings are filed under those, not under a span name
+    (`CREATE ./shop.db`) as if it were a route. Written from the hosts' span paths: a dict store."""
+
+    __slots__ = ("_first",)
+
+    def __init__(self) -> None:
+        self._first: dict[str, int] = {}
+
+    def saw(self, service: str, start_ns: int) -> None:
+        first = self._first.get(service)
+        if first is None:
+            if len(self._first) < _MAX_SERVICES:
+                self._first[service] = start_ns
+        elif start_ns < first:
+            self._first[service] = start_ns
+
+    def operation(self, service: str, start_ns: int) -> str:
+        first = self._first.get(service)
+        return STARTUP if first is None or start_ns < first else BACKGROUND
 
 
 KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}
@@ -200,10 +233,13 @@ class SpanNode:
 class TraceTree:
     """The spans of one trace (or of one process's part of it), linked parent to children."""
 
-    __slots__ = ("_end_ns", "_entries", "nodes", "placeholders", "roots", "trace_id")
+    __slots__ = ("_end_ns", "_entries", "first_requests", "nodes", "placeholders", "roots", "trace_id")
 
-    def __init__(self, trace_id: int, spans: Iterable[SpanNode]) -> None:
+    def __init__(
+        self, trace_id: int, spans: Iterable[SpanNode], first_requests: FirstRequests | None = None
+    ) -> None:
         self.trace_id = trace_id
+        self.first_requests = first_requests
         by_id: dict[int, SpanNode] = {}
         for node in spans:
             if node.span_id not in by_id:
@@ -331,6 +367,17 @@ class TraceTree:
                     entries[each.span_id] = entries[parent.span_id]
             self._entries = entries
         return self._entries[node.span_id]
+
+    def operation(self, node: SpanNode) -> str:
+        """The operation a finding about `node` is filed under: its entry span's name (`GET
+        /orders/{id}`, a job's span), or `startup`/`background` for a bare query or call outside
+        any request (see `FirstRequests`; `background` when the host keeps no record)."""
+        entry = self.entry_span(node)
+        if entry.parent is None and entry.kind in (KIND_CLIENT, KIND_PRODUCER):
+            if self.first_requests is None:
+                return BACKGROUND
+            return self.first_requests.operation(entry.service, entry.start_ns)
+        return entry.name
 
     def is_genuine_entry(self, entry: SpanNode) -> bool:
         """Whether an entry span (see `entry_span`) is one the trace really has: its true root, or a

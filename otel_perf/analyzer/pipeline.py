@@ -31,12 +31,13 @@ from otel_perf.processors.monitors import Watcher
 from otel_perf.processors.monitors.resources import samples_from_metrics
 from otel_perf.processors.monitors.spanmetrics import SpanMetricsReader
 from otel_perf.processors.sources import PROTO, ProtoSpan, spans_from_proto
-from otel_perf.processors.tree import TraceTree, starts_request
+from otel_perf.processors.tree import KIND_CONSUMER, KIND_SERVER, FirstRequests, TraceTree, starts_request
 
 logger = logging.getLogger("otel_perf.analyzer")
 
 # Why a request passed through unanalysed (`PipelineStats.unanalysed`), beside the engine's bounds.
 NOT_ANALYSING = "not_analysing"
+_REQUEST_KINDS = (KIND_SERVER, KIND_CONSUMER)
 _STATUS_ERROR = 2  # OTLP Status.STATUS_CODE_ERROR
 
 
@@ -97,6 +98,7 @@ class AnalysisPipeline:
         self._forward = forward
         self.router = router
         self.stats = PipelineStats()
+        self._first_requests = FirstRequests()
         # Held until no span of the trace arrived for trace_wait_ms; the bound is checked per request.
         self._engine: HoldBuffer[ProtoSpan, _TraceState] = HoldBuffer(
             self._analyse,
@@ -133,6 +135,7 @@ class AnalysisPipeline:
             self.stats.rejected_bad_request += 1
             raise
         count = sum(len(spans) for spans in traces.values())
+        self._note_requests(traces)
         if self.watcher is not None and self._requests_from_spans:
             self._watch(traces)
         self.stats.requests += 1
@@ -154,6 +157,14 @@ class AnalysisPipeline:
                 held.state.requests.append(request)
                 engine.extend(held, spans)
                 engine.schedule(trace_id, held)
+
+    def _note_requests(self, traces: dict[int, list[ProtoSpan]]) -> None:
+        """Each service's first request, which ends its start-up (see `FirstRequests`)."""
+        saw = self._first_requests.saw
+        for spans in traces.values():
+            for span, service, _, _ in spans:
+                if span.kind in _REQUEST_KINDS:
+                    saw(service, span.start_time_unix_nano)
 
     def _watch(self, traces: dict[int, list[ProtoSpan]]) -> None:
         record = self.watcher.record if self.watcher is not None else None
@@ -211,6 +222,7 @@ class AnalysisPipeline:
             self.stats,
             source="collector",
             keep=self._not_alerted if self._skip_marked else None,
+            first_requests=self._first_requests,
         )
         if findings:
             self.router.submit(findings)

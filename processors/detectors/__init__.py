@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from otel_perf.processors.config import Section
 from otel_perf.processors.detectors.base import Detector
+from otel_perf.processors.detectors.consecutive import ConsecutiveCallsDetector, ConsecutiveCallsSettings
+from otel_perf.processors.detectors.mn_plus_one import MNPlusOneDetector, MNPlusOneSettings
 from otel_perf.processors.detectors.n_plus_one import NPlusOneDetector, NPlusOneSettings
 from otel_perf.processors.detectors.pool_wait import PoolWaitDetector, PoolWaitSettings
 from otel_perf.processors.detectors.slow_span import SlowSpanDetector, SlowSpanSettings
@@ -17,6 +19,8 @@ REGISTRY: dict[str, tuple[type[Detector], type[Section]]] = {
     "n_plus_one": (NPlusOneDetector, NPlusOneSettings),
     "slow_span": (SlowSpanDetector, SlowSpanSettings),
     "pool_exhaustion": (PoolWaitDetector, PoolWaitSettings),
+    "mn_plus_one": (MNPlusOneDetector, MNPlusOneSettings),
+    "consecutive_calls": (ConsecutiveCallsDetector, ConsecutiveCallsSettings),
 }
 
 __all__ = [

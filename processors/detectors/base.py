@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol
 
@@ -14,6 +15,9 @@ class Detector(Protocol):
     Built from its own settings section (see the registry)."""
 
     name: ClassVar[str]
+    # Optional, `supersedes: ClassVar[frozenset[str]]`: finding types this detector's findings
+    # include. A finding of one of these types whose spans are mostly among one of ours is the same
+    # problem seen in part, and is dropped (an MN+1 loop is not also reported as three N+1s).
 
     def __init__(self, settings: Any = None) -> None: ...
 
@@ -25,8 +29,18 @@ class Detector(Protocol):
 
 
 def operation_of(tree: TraceTree, node: SpanNode) -> str:
-    """The endpoint or root span name a finding is filed under (e.g. `GET /orders/{id}`)."""
-    return tree.entry_span(node).name
+    """The endpoint, job or `startup` a finding is filed under (see `TraceTree.operation`)."""
+    return tree.operation(node)
+
+
+def common_location(members: list[SpanNode]) -> dict[str, object] | None:
+    locations = Counter(
+        (m.code_file, m.code_line, m.code_function) for m in members if m.code_location is not None
+    )
+    if not locations:
+        return None
+    (file, line, function), _ = locations.most_common(1)[0]
+    return {"file": file, "line": line, "function": function}
 
 
 def short(text: str, limit: int = 80) -> str:

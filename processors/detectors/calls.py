@@ -51,6 +51,14 @@ def statement_template(node: SpanNode) -> str:
     return normalize_sql(statement, node.db_system)
 
 
+def overlaps(previous_end_ns: int, member: SpanNode, previous: SpanNode, tolerance: float) -> bool:
+    """Whether `member` started before `previous` (ending at `previous_end_ns`) was done, by more
+    than `tolerance` of the shorter one's duration: an async driver reporting the end late, or two
+    hosts' clocks, make a loop's spans touch without making it concurrent."""
+    allowed = tolerance * min(member.duration_ns, previous.duration_ns)
+    return member.start_ns < previous_end_ns - allowed
+
+
 def _echoes(inner: SpanNode, outer: SpanNode) -> bool:
     """`inner` runs inside `outer`'s time and comes from another instrumentation (a loop's repeats, or
     concurrent identical queries, come from the same one and are not echoes)."""
@@ -71,6 +79,16 @@ def _calls(children: list[SpanNode]) -> Iterator[tuple[SpanNode, Signature, bool
         else:
             last_call[key] = child
             yield child, key, False
+
+
+def calls_among(children: list[SpanNode]) -> list[tuple[SpanNode, Signature]]:
+    """The siblings that are calls, echoes left out, in start order, with their signatures."""
+    return [(child, key) for child, key, echo in _calls(children) if not echo]
+
+
+def describe(key: Signature) -> str:
+    """A call's signature as a person reads it: the statement, or `GET <url template>`."""
+    return " ".join(key[1:])
 
 
 def group_calls(children: list[SpanNode]) -> dict[Signature, list[SpanNode]]:

@@ -21,15 +21,15 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from otel_perf.processors.config import Section
-from otel_perf.processors.detectors.base import operation_of, short
-from otel_perf.processors.detectors.calls import Signature, group_calls, signature
+from otel_perf.processors.config import ScopedSection
+from otel_perf.processors.detectors.base import common_location, operation_of, short
+from otel_perf.processors.detectors.calls import Signature, group_calls, overlaps, signature
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
 from otel_perf.processors.normalize import is_transaction_control, normalize_sql, url_template
 from otel_perf.processors.tree import KIND_SERVER, SpanNode, TraceShape, TraceTree
 
 
-class NPlusOneSettings(Section):
+class NPlusOneSettings(ScopedSection):
     """`OTEL_PERF_N_PLUS_ONE_*`"""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_N_PLUS_ONE_")
@@ -68,14 +68,6 @@ def _route_signature(node: SpanNode) -> Signature | None:
     return None
 
 
-def overlaps(previous_end_ns: int, member: SpanNode, previous: SpanNode, tolerance: float) -> bool:
-    """Whether `member` started before `previous` (ending at `previous_end_ns`) was done, by more
-    than `tolerance` of the shorter one's duration: an async driver reporting the end late, or two
-    hosts' clocks, make a loop's spans touch without making it concurrent."""
-    allowed = tolerance * min(member.duration_ns, previous.duration_ns)
-    return member.start_ns < previous_end_ns - allowed
-
-
 def is_sequential(members: list[SpanNode], max_overlap: float, tolerance: float = 0.0) -> bool:
     """True when the repeats ran one after another (a loop), not concurrently (a fan-out)."""
     overlapping = 0
@@ -97,13 +89,14 @@ class NPlusOneDetector:
 
     def __init__(self, settings: NPlusOneSettings | None = None) -> None:
         self.settings = settings or NPlusOneSettings()
+        self._min_repeats = self.settings.lowest("min_repeats")  # in any scope
 
     def could_match(self, shape: TraceShape) -> bool:
         # Repeats are CLIENT spans (queries, calls) under one parent.
-        return shape.max_client_siblings >= self.settings.min_repeats
+        return shape.max_client_siblings >= self._min_repeats
 
     def detect(self, tree: TraceTree) -> Iterator[Finding]:
-        min_repeats = self.settings.min_repeats
+        min_repeats = self._min_repeats
         for parent in tree.walk():
             if len(parent.children) < min_repeats:
                 continue
@@ -125,7 +118,10 @@ class NPlusOneDetector:
     def _finding(
         self, tree: TraceTree, parent: SpanNode, key: Signature, members: list[SpanNode]
     ) -> Iterator[Finding]:
-        settings = self.settings
+        operation = operation_of(tree, parent)
+        settings = self.settings.at(parent.service, operation)
+        if len(members) < settings.min_repeats:
+            return
         concurrent = not is_sequential(members, settings.max_overlap, settings.overlap_tolerance)
         kind = key[0]
         template = key[-1]
@@ -142,7 +138,6 @@ class NPlusOneDetector:
         )
         if share < settings.min_share:
             severity = severity.lowered()
-        operation = operation_of(tree, parent)
         first = members[0]
         details: dict[str, object] = {
             "kind": kind,
@@ -166,7 +161,7 @@ class NPlusOneDetector:
             downstream = _downstream_statements(members)
             if downstream:
                 details["downstream"] = downstream
-        location = _common_location(members)
+        location = common_location(members)
         loader = _loading_query(parent, members) if kind == "db" else None
         if location:
             details["code_location"] = location
@@ -235,16 +230,6 @@ def _eager_load_suggestion(relationship: str, direction: str | None, loader: Spa
     if direction == "many_to_one" and not any(clause in loader_sql for clause in _JOIN_UNSAFE):
         suggestion += f" or .options(joinedload({relationship})) (a many-to-one: one joined row per item)"
     return suggestion + " on the query that loads these objects"
-
-
-def _common_location(members: list[SpanNode]) -> dict[str, object] | None:
-    locations = Counter(
-        (m.code_file, m.code_line, m.code_function) for m in members if m.code_location is not None
-    )
-    if not locations:
-        return None
-    (file, line, function), _ = locations.most_common(1)[0]
-    return {"file": file, "line": line, "function": function}
 
 
 def _downstream_statements(members: list[SpanNode]) -> list[dict[str, object]]:

@@ -15,7 +15,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from otel_perf.processors.config import Section
+from otel_perf.processors.config import ScopedSection
 from otel_perf.processors.detectors.base import operation_of
 from otel_perf.processors.findings import Finding, Severity, fingerprint
 from otel_perf.processors.tree import TraceShape, TraceTree
@@ -23,7 +23,7 @@ from otel_perf.processors.tree import TraceShape, TraceTree
 TYPE = "pool_exhaustion"
 
 
-class PoolWaitSettings(Section):
+class PoolWaitSettings(ScopedSection):
     """`OTEL_PERF_POOL_WAIT_*`"""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_POOL_WAIT_")
@@ -40,7 +40,7 @@ class PoolWaitDetector:
 
     def __init__(self, settings: PoolWaitSettings | None = None) -> None:
         self.settings = settings or PoolWaitSettings()
-        self._min_wait_ns = self.settings.min_wait_ms * 1e6
+        self._min_wait_ns = self.settings.lowest("min_wait_ms") * 1e6  # in any scope
 
     def could_match(self, shape: TraceShape) -> bool:
         return shape.max_duration_ns > self._min_wait_ns
@@ -54,15 +54,19 @@ class PoolWaitDetector:
         if not waits:
             return
         longest = max(waits, key=lambda node: node.duration_ns)
+        operation = operation_of(tree, longest)
+        settings = self.settings.at(longest.service, operation)
+        waits = [node for node in waits if node.duration_ms > settings.min_wait_ms]
+        if not waits:
+            return
         timed_out = any(node.is_error for node in waits)
         wait_ms = longest.duration_ms
         if timed_out:
             severity = Severity.CRITICAL
-        elif wait_ms >= self.settings.high_ms:
+        elif wait_ms >= settings.high_ms:
             severity = Severity.HIGH
         else:
             severity = Severity.MEDIUM
-        operation = operation_of(tree, longest)
         what = "timed out waiting" if timed_out else f"waited {wait_ms:.0f} ms"
         yield Finding(
             type=TYPE,
@@ -79,7 +83,7 @@ class PoolWaitDetector:
                 "checkouts_waited": len(waits),
                 "timed_out": timed_out,
                 "db_system": longest.db_system,
-                "threshold_ms": self.settings.min_wait_ms,
+                "threshold_ms": settings.min_wait_ms,
                 "suggestion": "raise pool_size/max_overflow, or hold connections for less time "
                 "(no slow work inside a session)",
             },

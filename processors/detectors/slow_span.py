@@ -17,7 +17,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from otel_perf.processors.config import Section
+from otel_perf.processors.config import ScopedSection
 from otel_perf.processors.detectors.base import operation_of, short
 from otel_perf.processors.detectors.calls import is_echo, statement_template
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
@@ -36,7 +36,7 @@ from otel_perf.processors.tree import (
 OVERRIDE_FIELDS = ("route", "name", "statement", "db.system", "service")
 
 
-class SlowSpanSettings(Section):
+class SlowSpanSettings(ScopedSection):
     """`OTEL_PERF_SLOW_SPAN_*`"""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_SLOW_SPAN_")
@@ -92,25 +92,28 @@ class SlowSpanDetector:
         )
         settings = self.settings
         thresholds = [
-            settings.server_ms,
-            settings.db_ms,
-            settings.http_client_ms,
+            settings.lowest("server_ms"),
+            settings.lowest("db_ms"),
+            settings.lowest("http_client_ms"),
             *settings.overrides.values(),
         ]
-        if settings.internal_ms > 0:
-            thresholds.append(settings.internal_ms)
-        self._lowest_threshold_ns = min(thresholds) * 1e6
+        internal = [settings.internal_ms] + [
+            scope.get("internal_ms", 0) for scope in settings.scopes.values()
+        ]
+        thresholds.extend(value for value in internal if value > 0)
+        self._lowest_threshold_ns = min(thresholds) * 1e6  # in any scope
 
     def could_match(self, shape: TraceShape) -> bool:
         return shape.max_duration_ns > self._lowest_threshold_ns
 
-    def threshold_ms(self, node: SpanNode) -> float | None:
-        """The threshold that applies to `node`, or None when it is not checked."""
+    def threshold_ms(self, node: SpanNode, settings: SlowSpanSettings | None = None) -> float | None:
+        """The threshold that applies to `node` (under `settings`, those of its operation), or None
+        when it is not checked."""
         for _, field, pattern, threshold in self._overrides:
             value = _field_value(node, field)
             if value is not None and pattern.match(value):
                 return threshold
-        settings = self.settings
+        settings = settings or self.settings
         if node.is_db:
             return settings.db_ms
         if node.kind in (KIND_SERVER, KIND_CONSUMER):
@@ -128,21 +131,29 @@ class SlowSpanDetector:
                 continue  # under every threshold: no need to read its attributes
             if node.is_connection_checkout:
                 continue  # a wait for a connection, not a slow query: the pool detector's
-            threshold = self.threshold_ms(node)
+            operation = operation_of(tree, node)
+            settings = self.settings.at(node.service, operation)
+            threshold = self.threshold_ms(node, settings)
             if threshold is None:
                 continue
             duration = node.duration_ms
             if duration <= threshold or (node.kind == KIND_CLIENT and is_echo(node)):
                 continue
-            yield self._finding(tree, node, duration, threshold)
+            yield self._finding(tree, node, operation, settings, duration, threshold)
 
-    def _finding(self, tree: TraceTree, node: SpanNode, duration: float, threshold: float) -> Finding:
-        settings = self.settings
+    def _finding(
+        self,
+        tree: TraceTree,
+        node: SpanNode,
+        operation: str,
+        settings: SlowSpanSettings,
+        duration: float,
+        threshold: float,
+    ) -> Finding:
         ratio = duration / threshold
         severity = severity_by_thresholds(
             ratio, settings.medium_ratio, settings.high_ratio, settings.critical_ratio
         )
-        operation = operation_of(tree, node)
         details: dict[str, object] = {
             # Some instrumentations name DB spans after the statement: never a literal in an alert.
             "span_name": normalize_sql(node.name, node.db_system) if node.is_db else node.name,

@@ -46,7 +46,13 @@ def server(name: str, start_ms: float, end_ms: float, **kwargs: Any) -> SpanNode
 
 
 def query(
-    statement: str, start_ms: float, end_ms: float, parent: SpanNode, *, extra: dict | None = None, **kw: Any
+    statement: str,
+    start_ms: float,
+    end_ms: float,
+    parent: SpanNode | None,
+    *,
+    extra: dict | None = None,
+    **kw: Any,
 ) -> SpanNode:
     attributes = {"db.system": "postgresql", "db.statement": statement, **(extra or {})}
     return node(

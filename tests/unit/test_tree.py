@@ -7,6 +7,7 @@ import time
 from collections import Counter
 
 from otel_perf.processors.tree import KIND_CLIENT, KIND_INTERNAL, KIND_SERVER, SpanNode, TraceTree
+from tests.unit.builders import node, query, server
 
 
 def span(
@@ -197,3 +198,23 @@ def test_a_big_bushy_trace_with_thousands_of_findings_stays_linear() -> None:
     findings = analyze_tree(TraceTree(1, nodes), build_detectors())
     assert len([f for f in findings if f.type == "n_plus_one"]) == 2000
     assert _time.perf_counter() - started < 5  # quadratic would be minutes
+
+
+def test_work_outside_any_request_is_filed_under_startup_or_background() -> None:
+    from otel_perf.processors.detectors.base import operation_of
+    from otel_perf.processors.tree import FirstRequests
+
+    first_requests = FirstRequests()
+    first_requests.saw("shop", 50 * 1_000_000)
+    first_requests.saw("shop", 80 * 1_000_000)  # a later request does not move the first
+    ddl = query("CREATE TABLE ./shop.db", 1, 30, None)
+    assert TraceTree(1, [ddl], first_requests).operation(ddl) == "startup"
+    poll = query("SELECT * FROM jobs WHERE due < ?", 60, 61, None)
+    assert TraceTree(2, [poll], first_requests).operation(poll) == "background"
+    assert TraceTree(3, [poll]).operation(poll) == "background"  # a host that keeps no record
+    job = node("nightly-report", 100, 200)
+    inner = query("SELECT * FROM orders", 101, 102, job)
+    assert operation_of(TraceTree(4, [job, inner], first_requests), inner) == "nightly-report"
+    request = server("GET /orders", 50, 60)
+    inside = query("SELECT * FROM orders", 51, 52, request)
+    assert operation_of(TraceTree(5, [request, inside], first_requests), inside) == "GET /orders"
