@@ -12,7 +12,7 @@ import json
 import logging
 import re
 from fnmatch import translate
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -82,6 +82,8 @@ class ScopedSection(Section):
         description='JSON object of settings per service or operation, e.g. {"operation:GET /reports/*": '
         '{"enabled": false}, "service:batch-*": {...}}; keys are service:<glob> or operation:<glob>.',
     )
+    # Fields read before a trace's operation is known, which therefore cannot differ per scope.
+    unscoped: ClassVar[frozenset[str]] = frozenset()
     _matchers: list[tuple[int, re.Pattern[str], dict[str, Any]]] = PrivateAttr(default_factory=list)
     _resolved: dict[tuple[str, str], Any] = PrivateAttr(default_factory=dict)
 
@@ -94,14 +96,17 @@ class ScopedSection(Section):
     @field_validator("scopes")
     @classmethod
     def _check_scopes(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        own = set(cls.model_fields) - {"scopes"}
+        own = set(cls.model_fields) - {"scopes"} - cls.unscoped
         for key, values in value.items():
             field, _, pattern = key.partition(":")
             if field not in SCOPE_FIELDS or not pattern:
                 raise ValueError(f"scope key {key!r} must be service:<glob> or operation:<glob>")
             unknown = set(values) - own
             if unknown:
-                raise ValueError(f"scope {key!r} sets {sorted(unknown)}, not settings of this section")
+                raise ValueError(
+                    f"scope {key!r} sets {sorted(unknown)}: not settings of this section that can differ "
+                    f"per scope ({', '.join(sorted(own))})"
+                )
             cls._validated(key, values)
         return value
 

@@ -14,6 +14,7 @@ from typing import Any
 # Each logical field lists its attribute keys, preferred (stable) name first.
 DB_SYSTEM = ("db.system.name", "db.system")
 DB_STATEMENT = ("db.query.text", "db.statement")
+DB_COLLECTION = ("db.collection.name", "db.mongodb.collection")
 HTTP_METHOD = ("http.request.method", "http.method")
 HTTP_URL = ("url.full", "http.url")
 HTTP_ROUTE = ("http.route",)
@@ -28,6 +29,8 @@ CODE_FUNCTION = ("code.function.name", "code.function")
 # `db.system` values of key-value caches: their calls are kind `cache`, their statements commands
 # with keys (`GET authors:1`), not SQL.
 CACHE_SYSTEMS = frozenset(("redis", "memcached", "valkey"))
+# … of document stores whose statement may be the bare command (`find`), the collection aside.
+DOCUMENT_SYSTEMS = frozenset(("mongodb",))
 
 # Resource attributes.
 SERVICE_NAME = "service.name"
@@ -51,6 +54,7 @@ NODE_FIELDS: dict[str, tuple[str, int]] = {
     for field, keys in (
         ("db_system", DB_SYSTEM),
         ("statement", DB_STATEMENT),
+        ("db_collection", DB_COLLECTION),
         ("http_method", HTTP_METHOD),
         ("http_url", HTTP_URL),
         ("http_route", HTTP_ROUTE),
@@ -70,6 +74,7 @@ NODE_FIELDS: dict[str, tuple[str, int]] = {
 INTERESTING_KEYS = frozenset(
     DB_SYSTEM
     + DB_STATEMENT
+    + DB_COLLECTION
     + HTTP_METHOD
     + HTTP_URL
     + HTTP_ROUTE

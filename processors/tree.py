@@ -24,6 +24,7 @@ _LAZY_FIELDS = frozenset(
     (
         "attributes",
         "db_system",
+        "db_collection",
         "statement",
         "http_method",
         "http_url",
@@ -103,6 +104,7 @@ class SpanNode:
         "code_file",
         "code_function",
         "code_line",
+        "db_collection",
         "db_system",
         "end_ns",
         "http_method",
@@ -166,6 +168,7 @@ class SpanNode:
 
     def clear_semantics(self) -> None:
         self.db_system: str | None = None
+        self.db_collection: str | None = None
         self.statement: str | None = None
         self.http_method: str | None = None
         self.http_url: str | None = None

@@ -745,6 +745,20 @@ def _n1_mongo(scene: Scene) -> None:
     respond(t, server, at + 0.5)
 
 
+@case(
+    "pymongo-collections",
+    "N+1",
+    "near-miss: pymongo finds on 5 different collections (bare `find` statements, told apart by collection)",
+)
+def _mongo_collections(scene: Scene) -> None:
+    t = scene.trace()
+    server = request(t, "GET", "/home")
+    at = server.child_time()
+    for collection in ("posts", "authors", "comments", "tags", "likes"):
+        at = mongo(t, server, at + 0.1, t.jitter(0.8), "find", collection).end
+    respond(t, server, at + 0.5)
+
+
 # N+1, HTTP ----------------------------------------------------------------------------------------
 
 
@@ -1111,6 +1125,21 @@ def _aggregates(
 )
 def _consecutive(scene: Scene) -> None:
     _aggregates(scene, 60.0, AGGREGATES, POSTGRES, 250.0)
+
+
+@case(
+    "consecutive-paged-lists",
+    "consecutive",
+    "3 × 60 ms lists of different tables whose only parameters are LIMIT/OFFSET (no result needed)",
+    consecutive("db"),
+)
+def _consecutive_paged(scene: Scene) -> None:
+    pages = (
+        "SELECT products.id, products.name FROM products ORDER BY products.id LIMIT ? OFFSET ?",
+        "SELECT orders.id, orders.total FROM orders ORDER BY orders.id DESC LIMIT ?",
+        "SELECT reviews.id, reviews.rating FROM reviews ORDER BY reviews.id DESC LIMIT ? OFFSET ?",
+    )
+    _aggregates(scene, 60.0, pages, SQLITE, 250.0)
 
 
 @case("consecutive-fast-queries", "consecutive", "near-miss: the same 3 aggregates at 10 ms (saves 20 ms)")

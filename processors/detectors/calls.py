@@ -18,7 +18,7 @@ from otel_perf.processors.normalize import (
     normalize_sql,
     url_template,
 )
-from otel_perf.processors.semconv import CACHE_SYSTEMS
+from otel_perf.processors.semconv import CACHE_SYSTEMS, DOCUMENT_SYSTEMS
 from otel_perf.processors.tree import SpanNode
 
 Signature = tuple[str, ...]
@@ -48,7 +48,11 @@ def statement_template(node: SpanNode) -> str:
     statement = node.statement or ""
     if node.db_system in CACHE_SYSTEMS:
         return cache_command_template(statement)
-    return normalize_sql(statement, node.db_system)
+    template = normalize_sql(statement, node.db_system)
+    if node.db_system in DOCUMENT_SYSTEMS and node.db_collection and " " not in template:
+        # pymongo's statement is the bare command (`find`): the collection tells one query from another.
+        return f"{template} {node.db_collection}"
+    return template
 
 
 def overlaps(previous_end_ns: int, member: SpanNode, previous: SpanNode, tolerance: float) -> bool:

@@ -30,6 +30,7 @@ class MNPlusOneSettings(ScopedSection):
     """`OTEL_PERF_MN_PLUS_ONE_*`"""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_MN_PLUS_ONE_")
+    unscoped: ClassVar[frozenset[str]] = frozenset({"max_length"})
 
     enabled: bool = Field(True, description="Run this detector.")
     min_repeats: int = Field(3, ge=2, description="Back-to-back repeats of a sequence that make an MN+1.")
@@ -69,6 +70,8 @@ def repetitions(keys: list[Signature], min_repeats: int, max_length: int) -> Ite
         for period in range(2, max_length + 1):
             if position + period * min_repeats > count:
                 break
+            if keys[position] != keys[position + period]:
+                continue  # the cheap test first: most positions start no repetition
             pattern = tuple(keys[position : position + period])
             if len(set(pattern)) < 2:
                 continue

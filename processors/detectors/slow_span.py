@@ -40,6 +40,7 @@ class SlowSpanSettings(ScopedSection):
     """`OTEL_PERF_SLOW_SPAN_*`"""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_SLOW_SPAN_")
+    unscoped: ClassVar[frozenset[str]] = frozenset({"overrides"})
 
     enabled: bool = Field(True, description="Run this detector.")
     server_ms: float = Field(500, gt=0, description="Server/consumer spans (API requests).")

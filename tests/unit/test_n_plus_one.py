@@ -414,3 +414,17 @@ def test_siblings_whose_parent_never_arrived_still_show_the_loop() -> None:
     assert finding.details["count"] == 6
     assert finding.details["statement"] == "SELECT * FROM customers WHERE id = ?"
     assert finding.offending == [span.span_id for span in spans]
+
+
+def test_document_store_commands_on_different_collections_are_different_calls() -> None:
+    """pymongo's statement is the bare command (`find`): the collection tells the calls apart."""
+    root = server("GET /feed", 0, 50)
+
+    def find(collection: str, at: float):
+        attributes = {"db.system": "mongodb", "db.statement": "find", "db.mongodb.collection": collection}
+        return node("find", at, at + 1, parent=root, kind=KIND_CLIENT, attributes=attributes)
+
+    spans = [find("posts", 1)] + [find("authors", 3 + i * 2) for i in range(6)]
+    [finding] = detect(root, spans)
+    assert finding.details["count"] == 6
+    assert finding.details["statement"] == "find authors"
