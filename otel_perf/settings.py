@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 from otel_perf.alerting.router import RouterSettings
 from otel_perf.alerting.sinks import SinkSettings
 from otel_perf.analyzer.settings import AnalyzerSettings
-from otel_perf.processors.config import Section
+from otel_perf.processors.config import ScopedSection, Section
 from otel_perf.processors.detectors import REGISTRY
 from otel_perf.processors.monitors import REGISTRY as MONITORS
 from otel_perf.processors.monitors import MonitorSettings
@@ -91,7 +91,11 @@ def documented_variables() -> list[tuple[str, str, str]]:
     """(variable, default, description) for every setting: the README table is generated from this."""
     rows = []
     for _, section in Settings.sections():
-        for name, info in section.model_fields.items():
+        # A section's own settings first, then what its base adds (`scopes`).
+        inherited = [name for name in section.model_fields if name in ScopedSection.model_fields]
+        names = [name for name in section.model_fields if name not in inherited] + inherited
+        for name in names:
+            info = section.model_fields[name]
             default = info.get_default(call_default_factory=True)
             shown = getattr(default, "label", default)
             rows.append((section.env_name(name), "" if shown is None else str(shown), info.description or ""))
