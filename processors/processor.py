@@ -33,6 +33,7 @@ from otel_perf.processors.analysis import analyse_trace, build_detectors
 from otel_perf.processors.budget import AnalysisBudget
 from otel_perf.processors.code_location import CodeLocator
 from otel_perf.processors.config import Section
+from otel_perf.processors.detectors.unused_eager_load import TYPE as UNUSED_EAGER_LOAD
 from otel_perf.processors.engine import (
     ENGINE_COUNTERS,
     OVER_MAX_BUFFERED_SPANS,
@@ -194,7 +195,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self._budget = AnalysisBudget(config.analysis_cpu_share)
         if self._active:
             # Now if the app already imported SQLAlchemy; the launcher's post-instrument hook otherwise.
-            orm.watch_lazy_loads()
+            self.watch_orm()
         self.stats = ProcessorStats()
         # Held until the local root ended + the grace, or trace_timeout_s after the first root started.
         self._engine: HoldBuffer[ReadableSpan, _TraceState] = HoldBuffer(
@@ -221,6 +222,12 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         # The downstream processors, each with its export queue where one can be read (see _export_targets).
         self._targets: tuple[tuple[SpanProcessor, ...], tuple[tuple[SpanProcessor, _ExportQueue | None], ...]]
         self._targets = ((), ())
+
+    def watch_orm(self) -> bool:
+        """Listen to SQLAlchemy for what only the ORM knows (lazy loads; eager loads nobody read,
+        when that detector runs). True when listening."""
+        eager = any(detector.name == UNUSED_EAGER_LOAD for detector in self._detectors)
+        return orm.watch_lazy_loads(eager_loads=eager)
 
     @property
     def active(self) -> bool:

@@ -45,6 +45,10 @@ ALERT_JSON = "alert.json"  # the whole alert, on its log record
 ALERT_DETAILS_PREFIX = "details."  # `details.count`, `details.code_location.line`, …
 PERF_ORM_LAZY_LOAD = "perf.orm.lazy_load"
 PERF_ORM_LAZY_LOAD_DIRECTION = "perf.orm.lazy_load.direction"  # many_to_one, one_to_many, many_to_many
+# On a query span: relationships it loaded eagerly that the request never read ("Order.items"), and
+# how each was loaded, in the same order (selectinload, joinedload, subqueryload, lazy="selectin", …).
+PERF_ORM_EAGER_UNUSED = "perf.orm.eager_unused"
+PERF_ORM_EAGER_UNUSED_STRATEGY = "perf.orm.eager_unused.strategy"
 ALERT_SPAN_NAME = "perf.alert"
 
 # key → (SpanNode field, rank): one pass over a span's attributes fills every field, the
@@ -86,6 +90,7 @@ INTERESTING_KEYS = frozenset(
     + CODE_LINE
     + CODE_FUNCTION
     + (PERF_ISSUE, PERF_FINGERPRINT, PERF_ORM_LAZY_LOAD, PERF_ORM_LAZY_LOAD_DIRECTION)
+    + (PERF_ORM_EAGER_UNUSED, PERF_ORM_EAGER_UNUSED_STRATEGY)
 )
 
 

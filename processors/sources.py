@@ -16,7 +16,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, TracesData
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
-from otel_perf.processors import semconv
+from otel_perf.processors import orm, semconv
 from otel_perf.processors.errors import OtlpFormatError
 from otel_perf.processors.otlp import message_from_json, parse_json
 from otel_perf.processors.tree import KIND_CLIENT, SpanNode, TraceShape
@@ -248,7 +248,18 @@ def shape_of_readable(spans: Iterable[ReadableSpan]) -> TraceShape:
 class ReadableAdapter:
     """SDK `ReadableSpan`s (the span processor)."""
 
-    shape = staticmethod(shape_of_readable)
+    @staticmethod
+    def shape(spans: Sequence[ReadableSpan]) -> TraceShape:
+        """First (the request is over), what only the ORM knew goes onto its queries' spans: the
+        eager loads nobody read (`orm.settle`); then the shape, as `shape_of_readable`, saying
+        whether any span got such a mark."""
+        marked = orm.settle(spans)
+        for span, attributes in marked:
+            plain = plain_attributes(span)
+            if isinstance(plain, dict):
+                plain.update(attributes)
+        shape = shape_of_readable(spans)
+        return TraceShape(shape.spans, shape.max_client_siblings, shape.max_duration_ns, bool(marked))
 
     @staticmethod
     def nodes(spans: Sequence[ReadableSpan]) -> list[SpanNode]:

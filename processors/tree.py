@@ -92,6 +92,11 @@ class TraceShape:
     spans: int
     max_client_siblings: int  # the most CLIENT spans under one parent
     max_duration_ns: int
+    # Whether a query span carries an eager load nobody read (`perf.orm.eager_unused`). Only the SDK
+    # adapter can tell (it makes the mark); OTLP shapes say False, so the analyzer never pays for
+    # the check: an app that analyses in-process has already reported it, and `otel-perf analyze`
+    # (no pre-check) still reads the mark on exported spans.
+    eager_unused: bool = False
 
 
 class SpanNode:

@@ -21,7 +21,6 @@ from otel_perf.alerting.router import AlertRouter
 from otel_perf.alerting.sinks import build_sinks
 from otel_perf.bootstrap.self_metrics import register_self_metrics
 from otel_perf.log_setup import ensure_stderr_logging
-from otel_perf.processors import orm
 from otel_perf.processors.analysis import build_detectors
 from otel_perf.processors.monitors import build_watcher
 from otel_perf.processors.processor import TraceAnalysisSpanProcessor
@@ -80,7 +79,7 @@ def after_instrumentation() -> None:
     does nothing. It never raises (an exception here would abort the launcher's setup)."""
     try:
         if _analysis is not None and already_configured() and _analysis.active:
-            orm.watch_lazy_loads()
+            _analysis.watch_orm()
     except Exception:
         logger.warning("otel-perf: could not watch SQLAlchemy lazy loads", exc_info=True)
 

@@ -13,12 +13,14 @@ from otel_perf.processors.detectors.mn_plus_one import MNPlusOneDetector, MNPlus
 from otel_perf.processors.detectors.n_plus_one import NPlusOneDetector, NPlusOneSettings
 from otel_perf.processors.detectors.pool_wait import PoolWaitDetector, PoolWaitSettings
 from otel_perf.processors.detectors.slow_span import SlowSpanDetector, SlowSpanSettings
+from otel_perf.processors.detectors.unused_eager_load import UnusedEagerLoadDetector, UnusedEagerLoadSettings
 
 # name → (detector class, its settings section); the name is the section's key in the settings.
 REGISTRY: dict[str, tuple[type[Detector], type[Section]]] = {
     "n_plus_one": (NPlusOneDetector, NPlusOneSettings),
     "slow_span": (SlowSpanDetector, SlowSpanSettings),
     "pool_exhaustion": (PoolWaitDetector, PoolWaitSettings),
+    "unused_eager_load": (UnusedEagerLoadDetector, UnusedEagerLoadSettings),
     "mn_plus_one": (MNPlusOneDetector, MNPlusOneSettings),
     "consecutive_calls": (ConsecutiveCallsDetector, ConsecutiveCallsSettings),
 }
