@@ -34,7 +34,14 @@ from otel_perf.processors.monitors.watcher import MonitorSettings
 from otel_perf.settings import Settings
 
 # The detectors the corpus is labelled for, in the order the table shows them.
-DETECTORS = ("n_plus_one", "mn_plus_one", "consecutive_calls", "slow_span", "pool_exhaustion")
+DETECTORS = (
+    "n_plus_one",
+    "mn_plus_one",
+    "consecutive_calls",
+    "slow_span",
+    "pool_exhaustion",
+    "unused_eager_load",
+)
 # For an MN+1 the contract leaves `details.kind` unset or "mixed": both read as no kind.
 _NO_KIND = {"mn_plus_one": ("mixed",)}
 

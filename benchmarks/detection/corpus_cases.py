@@ -106,6 +106,10 @@ def pool_wait() -> Expect:
     return Expect("pool_exhaustion")
 
 
+def unused_eager_load() -> Expect:
+    return Expect("unused_eager_load", "db")
+
+
 # --- spans and traces -----------------------------------------------------------------------------
 
 
@@ -199,6 +203,8 @@ class Scene:
 
 
 def _value(value: Any) -> dict[str, Any]:
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [_value(each) for each in value]}}
     if isinstance(value, bool):
         return {"boolValue": value}
     if isinstance(value, int):
@@ -1300,6 +1306,42 @@ def _echo_short(scene: Scene) -> None:
     respond(t, server, at + 0.4)
 
 
+# Unused eager loads (the app's ORM hook marks the loading query's span; exported traces keep it) ---
+
+EAGER_UNUSED = "perf.orm.eager_unused"
+
+
+def _orders_with_items(scene: Scene, marks: dict[str, Any]) -> None:
+    """GET /orders: the orders, then their items by selectinload (one `IN (…)` query)."""
+    t = scene.trace()
+    server = request(t, "GET", "/orders")
+    at = query(t, server, server.child_time(), 2.0, "SELECT orders.id, orders.total FROM orders LIMIT ?").end
+    items = query(
+        t,
+        server,
+        at + 0.1,
+        6.0,
+        "SELECT items.order_id, items.id, items.sku FROM items WHERE items.order_id IN (?, ?, ?, ?)",
+    )
+    items.attributes.update(marks)
+    respond(t, server, items.end + 1.0)
+
+
+@case(
+    "unused-selectinload",
+    "unused eager load",
+    "selectinload(Order.items) whose items the request never read (marked by the ORM hook)",
+    unused_eager_load(),
+)
+def _unused_selectin(scene: Scene) -> None:
+    _orders_with_items(scene, {EAGER_UNUSED: ["Order.items"], f"{EAGER_UNUSED}.strategy": ["selectinload"]})
+
+
+@case("used-selectinload", "unused eager load", "near-miss: the same eager load, read (no mark)")
+def _used_selectin(scene: Scene) -> None:
+    _orders_with_items(scene, {})
+
+
 # Start-up and background --------------------------------------------------------------------------
 
 TABLES = ("customers", "orders", "order_items", "products", "reviews", "coupons")
@@ -1688,6 +1730,7 @@ GROUPS = (
     "start-up",
     "slow",
     "pool",
+    "unused eager load",
 )
 CASES.sort(key=lambda each: GROUPS.index(each.group))
 
