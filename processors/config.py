@@ -67,6 +67,12 @@ def describe_errors(section: type[Section], error: ValidationError) -> list[tupl
     return problems
 
 
+def json_setting(cls: type, value: object) -> object:
+    """A JSON-valued setting from the environment (fields declared `NoDecode`), parsed in a validator
+    so that a typo is a validation error naming the variable, not an exception from the source."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 SCOPE_FIELDS = ("operation", "service")  # most specific first
 
 
@@ -87,11 +93,7 @@ class ScopedSection(Section):
     _matchers: list[tuple[int, re.Pattern[str], dict[str, Any]]] = PrivateAttr(default_factory=list)
     _resolved: dict[tuple[str, str], Any] = PrivateAttr(default_factory=dict)
 
-    @field_validator("scopes", mode="before")
-    @classmethod
-    def _parse_scopes(cls, value: object) -> object:
-        """JSON from the environment, parsed here so a typo is a validation error naming the variable."""
-        return json.loads(value) if isinstance(value, str) else value
+    _parse_scopes = field_validator("scopes", mode="before")(json_setting)
 
     @field_validator("scopes")
     @classmethod

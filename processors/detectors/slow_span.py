@@ -8,7 +8,6 @@ names the child that dominated it, so the alert already points at the cause.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 from fnmatch import translate
@@ -17,7 +16,7 @@ from typing import Annotated, ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode, SettingsConfigDict
 
-from otel_perf.processors.config import ScopedSection
+from otel_perf.processors.config import ScopedSection, json_setting
 from otel_perf.processors.detectors.base import operation_of, short
 from otel_perf.processors.detectors.calls import is_echo, statement_template
 from otel_perf.processors.findings import Finding, fingerprint, severity_by_thresholds
@@ -56,11 +55,7 @@ class SlowSpanSettings(ScopedSection):
     high_ratio: float = Field(5, ge=1, description="… high.")
     critical_ratio: float = Field(10, ge=1, description="… critical.")
 
-    @field_validator("overrides", mode="before")
-    @classmethod
-    def _parse_overrides(cls, value: object) -> object:
-        """JSON from the environment, parsed here so a typo is a validation error naming the variable."""
-        return json.loads(value) if isinstance(value, str) else value
+    _parse_overrides = field_validator("overrides", mode="before")(json_setting)
 
     @field_validator("overrides")
     @classmethod

@@ -5,9 +5,9 @@ Trace-only tools can't see this: a span shows the query, not whether its rows we
 host learns it from SQLAlchemy's own events (`processors.orm`) and leaves it on the loading query's
 span as `perf.orm.eager_unused` (with `….strategy`), so this detector, reading only the tree, finds
 it in-process and in exported traces (`otel-perf analyze`); the analyzer skips it (see
-`TraceShape.eager_unused`: the app that made the mark has reported it). The cost is the loading query's time: exact for a
-selectin/subquery load (a query of its own), an upper bound for a joined load (the parent query,
-which the join made dearer).
+`TraceShape.eager_unused`: the app that made the mark has reported it). The cost is the loading
+query's time: exact for a selectin/subquery load (a query of its own), an upper bound for a joined
+load (the parent query, which the join made dearer).
 """
 
 from __future__ import annotations
