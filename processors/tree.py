@@ -105,6 +105,7 @@ class SpanNode:
     __slots__ = (
         "_filler",
         "attributes",
+        "call_signature",
         "children",
         "code_file",
         "code_function",
@@ -167,6 +168,7 @@ class SpanNode:
         # most spans of a trace are never looked at that closely, and reading attributes is the
         # dearest part of building a node.
         self._filler = filler
+        self.call_signature: Any = None  # detectors' memo (`detectors.calls.signature`)
         if filler is None:
             self.attributes = attributes if attributes is not None else {}
             self.clear_semantics()

@@ -24,9 +24,20 @@ from otel_perf.processors.tree import SpanNode
 Signature = tuple[str, ...]
 
 
+_NOT_A_CALL = ("",)
+
+
 def signature(node: SpanNode) -> Signature | None:
     """What makes two sibling spans 'the same call': kind (db, cache, http) and template; None for
-    spans that are no call of their own (internal work, a pool checkout, BEGIN/COMMIT)."""
+    spans that are no call of their own (internal work, a pool checkout, BEGIN/COMMIT). Kept on
+    the node: every detector asks."""
+    memo = node.call_signature
+    if memo is None:
+        memo = node.call_signature = _signature(node) or _NOT_A_CALL
+    return None if memo is _NOT_A_CALL else memo
+
+
+def _signature(node: SpanNode) -> Signature | None:
     if node.db_system in CACHE_SYSTEMS:
         return ("cache", cache_command_template(node.statement or node.name))
     if node.is_connection_checkout:

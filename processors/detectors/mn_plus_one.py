@@ -64,17 +64,19 @@ def repetitions(keys: list[Signature], min_repeats: int, max_length: int) -> Ite
     different), left to right, the shortest sequence winning a tie (ABAB is AB twice, not ABAB
     once). Hand-written: at most `max_length` comparisons per call, so linear in practice."""
     count = len(keys)
+    # run_end[i]: where the run of keys equal to keys[i] ends (a pattern inside one run is an N+1's).
+    run_end = [count] * count
+    for index in range(count - 2, -1, -1):
+        run_end[index] = run_end[index + 1] if keys[index] == keys[index + 1] else index + 1
     position = 0
     while position < count:
         best: Repetition | None = None
-        for period in range(2, max_length + 1):
+        for period in range(max(2, run_end[position] - position + 1), max_length + 1):
             if position + period * min_repeats > count:
                 break
             if keys[position] != keys[position + period]:
                 continue  # the cheap test first: most positions start no repetition
             pattern = tuple(keys[position : position + period])
-            if len(set(pattern)) < 2:
-                continue
             repeats = 1
             while tuple(keys[position + repeats * period : position + (repeats + 1) * period]) == pattern:
                 repeats += 1
