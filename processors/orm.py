@@ -178,13 +178,19 @@ def annotate(span: Span) -> None:
         span.set_attribute(semconv.PERF_ORM_LAZY_LOAD, relationship)
         if direction:
             span.set_attribute(semconv.PERF_ORM_LAZY_LOAD_DIRECTION, direction)
-    if span.name != _CHECKOUT_SPAN:
+    if span.name == _CHECKOUT_SPAN:
+        return
+    scope = span.instrumentation_scope
+    # The driver's instrumentation (`opentelemetry-bootstrap`) traces the same query again, inside
+    # it: the mark belongs on SQLAlchemy's span, the one every detector reads.
+    if scope is None or scope.name == _SQLALCHEMY_SCOPE:
         _note_query(span)
 
 
 # --- eager loads the request never read ---------------------------------------------------------
 
 _CHECKOUT_SPAN = "connect"  # the instrumentation's pool checkout span: not a query
+_SQLALCHEMY_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 _MAX_TRACES = 4096  # traces with eager loads in flight (older ones are forgotten: never a finding)
 _MAX_CONTEXTS = 256  # query contexts remembered for their span (results loaded in chunks)
 _MAX_SEEN = 256

@@ -89,6 +89,11 @@ class UnusedEagerLoadDetector:
             relationships = _strings(attributes.get(semconv.PERF_ORM_EAGER_UNUSED))
             if not relationships or is_echo(node):  # the driver's copy of the ORM's query: once
                 continue
+            entry = tree.entry_span(node)
+            if entry.is_error or (entry.http_status or 0) >= 400:
+                # A request that failed stopped before reading what it loaded: the success path
+                # may need the load (dropping it there would break it).
+                continue
             strategies = _strings(attributes.get(semconv.PERF_ORM_EAGER_UNUSED_STRATEGY))
             operation = operation_of(tree, node)
             for index, relationship in enumerate(relationships):

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.trace import SpanKind
-from sqlalchemy import ForeignKey, create_engine, select
+from sqlalchemy import ForeignKey, create_engine, event, select
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -62,6 +62,14 @@ def test_an_unused_selectin_load_names_relationship_strategy_query_and_its_cost(
     assert details["wasted_ms_is_upper_bound"] is False
     assert details["statement"] == "SELECT items.id FROM items WHERE items.order_id IN (?)"
     assert "drop .options(selectinload(Order.items))" in details["suggestion"]
+
+
+def test_a_request_that_failed_is_no_evidence() -> None:
+    """A 4xx/5xx stopped before reading what it loaded; the success path may need the load."""
+    for status in (400, 403, 500):
+        root = server("PUT /articles/{slug}", 0, 100, attributes={"http.response.status_code": status})
+        loading = query(SELECTIN_SQL, 3, 7, root, extra=unused(["Article.tags"], ["joinedload"]))
+        assert list(UnusedEagerLoadDetector().detect(tree(root, loading))) == []
 
 
 def test_a_joined_load_costs_at_most_its_query_which_is_named_without_literals() -> None:
@@ -266,6 +274,41 @@ def test_loads_the_request_never_read_are_marked_on_the_loading_query(harness: H
     assert alerted == set(marked)
     assert failsafe.failures == {}
     assert not orm._traces  # every trace's bookkeeping went with it
+
+
+def test_with_a_driver_instrumentation_too_the_mark_goes_on_sqlalchemys_span(
+    harness: Harness, engine: Any
+) -> None:
+    """`opentelemetry-bootstrap` adds the driver's instrumentation: each query is traced again,
+    inside SQLAlchemy's span. The mark must stay on SQLAlchemy's span (the driver's is an echo,
+    which detectors skip), or every finding would vanish."""
+    driver = harness.provider.get_tracer("opentelemetry.instrumentation.sqlite3")
+    open_spans: list[Any] = []
+
+    def start(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        attributes = {"db.system": "sqlite", "db.statement": statement}
+        open_spans.append(driver.start_span("SELECT", kind=SpanKind.CLIENT, attributes=attributes))
+
+    def end(*_: Any) -> None:
+        open_spans.pop().end()
+
+    event.listen(engine, "before_cursor_execute", start)
+    event.listen(engine, "after_cursor_execute", end)
+    try:
+        with (
+            harness.tracer.start_as_current_span("GET /unused", kind=SpanKind.SERVER),
+            Session(engine) as session,
+        ):
+            [o.id for o in session.scalars(select(Order).options(selectinload(Order.items)))]
+    finally:
+        event.remove(engine, "before_cursor_execute", start)
+        event.remove(engine, "after_cursor_execute", end)
+    spans = [span for each in harness.flush().values() for span in each]
+    marked = [span for span in spans if span.attributes.get(semconv.PERF_ORM_EAGER_UNUSED)]
+    assert [span.instrumentation_scope.name for span in marked] == [
+        "opentelemetry.instrumentation.sqlalchemy"
+    ]
+    assert [alert.finding.type for alert in harness.sink.alerts] == ["unused_eager_load"]
 
 
 def test_watching_reads_changes_nothing_the_app_sees(harness: Harness, engine: Any) -> None:
