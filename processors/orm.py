@@ -62,6 +62,8 @@ _pending_eager: contextvars.ContextVar[tuple[Any, str] | None] = contextvars.Con
     "otel_perf_eager_load", default=None
 )
 _registered = False
+# The instrumentation's `connect` span (`Engine.connect`) being taken in this context, if any.
+_checkout: contextvars.ContextVar[Span | None] = contextvars.ContextVar("otel_perf_checkout", default=None)
 _eager_loads = False  # whether eager loads are watched (see `watch_lazy_loads`)
 _lock = threading.Lock()
 # The engines the app connected with, for their pools' utilisation (`pool_usage`).
@@ -107,6 +109,15 @@ def _on_orm_execute(state: Any) -> None:
     _pending.set(lazy)
     if _eager_loads and lazy is None and state.is_select:
         _pending_eager.set(eager_loaded_relationship(state))
+
+
+@guarded("sqlalchemy pool connect", None)
+def _on_new_connection(*_: Any) -> None:
+    """The pool opened a new connection: the checkout span around it waited for the database's
+    handshake, not for a free connection (`perf.db.new_connection`, read by the pool detector)."""
+    span = _checkout.get()
+    if span is not None and span.is_recording():
+        span.set_attribute(semconv.PERF_DB_NEW_CONNECTION, True)
 
 
 @guarded("sqlalchemy engine_connect", None)
@@ -156,12 +167,14 @@ def watch_lazy_loads(eager_loads: bool = True) -> bool:
             from sqlalchemy import event
             from sqlalchemy.engine import Engine
             from sqlalchemy.orm import Mapper, Session
+            from sqlalchemy.pool import Pool
         except ImportError:
             return False
         event.listen(Session, "do_orm_execute", _on_orm_execute)
         event.listen(Engine, "after_cursor_execute", _on_statement_done)
         event.listen(Engine, "handle_error", _on_statement_done)
         event.listen(Engine, "engine_connect", _on_engine_connect)
+        event.listen(Pool, "connect", _on_new_connection)
         if eager_loads:
             event.listen(Mapper, "load", _on_load, raw=True)
         _eager_loads = eager_loads
@@ -179,6 +192,7 @@ def annotate(span: Span) -> None:
         if direction:
             span.set_attribute(semconv.PERF_ORM_LAZY_LOAD_DIRECTION, direction)
     if span.name == _CHECKOUT_SPAN:
+        _checkout.set(span)
         return
     scope = span.instrumentation_scope
     # The driver's instrumentation (`opentelemetry-bootstrap`) traces the same query again, inside

@@ -49,6 +49,8 @@ PERF_ORM_LAZY_LOAD_DIRECTION = "perf.orm.lazy_load.direction"  # many_to_one, on
 # how each was loaded, in the same order (selectinload, joinedload, subqueryload, lazy="selectin", …).
 PERF_ORM_EAGER_UNUSED = "perf.orm.eager_unused"
 PERF_ORM_EAGER_UNUSED_STRATEGY = "perf.orm.eager_unused.strategy"
+# On SQLAlchemy's `connect` span: the pool opened a new connection (its time is the handshake).
+PERF_DB_NEW_CONNECTION = "perf.db.new_connection"
 ALERT_SPAN_NAME = "perf.alert"
 
 # key → (SpanNode field, rank): one pass over a span's attributes fills every field, the
@@ -90,7 +92,7 @@ INTERESTING_KEYS = frozenset(
     + CODE_LINE
     + CODE_FUNCTION
     + (PERF_ISSUE, PERF_FINGERPRINT, PERF_ORM_LAZY_LOAD, PERF_ORM_LAZY_LOAD_DIRECTION)
-    + (PERF_ORM_EAGER_UNUSED, PERF_ORM_EAGER_UNUSED_STRATEGY)
+    + (PERF_ORM_EAGER_UNUSED, PERF_ORM_EAGER_UNUSED_STRATEGY, PERF_DB_NEW_CONNECTION)
 )
 
 

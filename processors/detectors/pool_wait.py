@@ -5,6 +5,10 @@ time the request waited for the pool (plus, for a new connection, the handshake)
 `min_wait_ms` means the pool was exhausted (or the database slow to accept); a `connect` that ended
 in an error after such a wait is a checkout that timed out (SQLAlchemy's `QueuePool limit … reached,
 connection timed out`). One finding per trace: the longest wait, and how many checkouts waited.
+A checkout during which the pool opened a new connection (`perf.db.new_connection`, marked
+in-process from SQLAlchemy's pool events) spent its time on the database's handshake, not waiting:
+it is not counted. (Behind the collector, spans of an app that does not analyse in-process carry no
+such mark.)
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import ClassVar
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from otel_perf.processors import semconv
 from otel_perf.processors.config import ScopedSection
 from otel_perf.processors.detectors.base import operation_of
 from otel_perf.processors.findings import Finding, Severity, fingerprint
@@ -49,7 +54,10 @@ class PoolWaitDetector:
         waits = [
             node
             for node in tree.walk()
-            if node.end_ns - node.start_ns > self._min_wait_ns and node.is_connection_checkout
+            if node.end_ns - node.start_ns > self._min_wait_ns
+            and node.is_connection_checkout
+            # Opening a new connection (a fresh pool, a far database) is a handshake, not a wait.
+            and not node.attributes.get(semconv.PERF_DB_NEW_CONNECTION)
         ]
         if not waits:
             return

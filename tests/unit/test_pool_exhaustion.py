@@ -4,7 +4,9 @@ query; a request that got its connection at once is quiet."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
 from opentelemetry.trace import SpanKind
 from sqlalchemy import create_engine, exc, text
+from sqlalchemy.pool import QueuePool
 
 from tests.unit.test_processor import Harness
 
@@ -50,3 +53,34 @@ def test_waiting_for_a_pooled_connection_is_pool_exhaustion_not_a_slow_query(
     assert waited.severity.label == "medium"
     assert timed_out.details["timed_out"] and timed_out.severity.label == "critical"
     assert timed_out.details["db_system"] == "sqlite"
+
+
+def test_opening_a_new_connection_slowly_is_no_pool_exhaustion(harness: Harness, tmp_path: Path) -> None:
+    """A fresh pool's first checkout (or a far database's handshake) takes time without any wait for
+    a free connection: found on a public app, where every first request was called exhausted."""
+    path = tmp_path / "shop.db"
+
+    def slow_handshake() -> sqlite3.Connection:
+        time.sleep(0.3)
+        return sqlite3.connect(path, check_same_thread=False)
+
+    engine = create_engine(
+        f"sqlite:///{path}", creator=slow_handshake, poolclass=QueuePool, pool_size=1, max_overflow=0
+    )
+    with (
+        harness.tracer.start_as_current_span("GET /first", kind=SpanKind.SERVER),
+        engine.connect() as connection,
+    ):
+        connection.execute(text("SELECT 1"))
+    held = engine.connect()
+    threading.Timer(0.3, held.close).start()
+    with (
+        harness.tracer.start_as_current_span("GET /waited", kind=SpanKind.SERVER),
+        engine.connect() as connection,
+    ):
+        connection.execute(text("SELECT 1"))
+    engine.dispose()
+    spans = harness.flush()
+    opened = [span.attributes.get("perf.db.new_connection") for span in spans["connect"]]
+    assert opened == [True, None, None]  # the first checkout opened the one connection
+    assert [alert.finding.operation for alert in harness.sink.alerts] == ["GET /waited"]
