@@ -381,12 +381,18 @@ class TraceTree:
     def operation(self, node: SpanNode) -> str:
         """The operation a finding about `node` is filed under: its entry span's name (`GET
         /orders/{id}`, a job's span), or `startup`/`background` for a bare query or call outside
-        any request (see `FirstRequests`; `background` when the host keeps no record)."""
+        any request (see `FirstRequests`; `background` when the host keeps no record). Under a
+        mounted sub-application, the route is the mount's and the sub-app's together."""
         entry = self.entry_span(node)
         if entry.parent is None and entry.kind in (KIND_CLIENT, KIND_PRODUCER):
             if self.first_requests is None:
                 return BACKGROUND
             return self.first_requests.operation(entry.service, entry.start_ns)
+        if entry.kind == KIND_SERVER and entry.http_route:
+            inner = mounted_route(entry, node if node is not entry else _innermost_mount(entry))
+            if inner is not None:
+                method = entry.http_method or entry.name.partition(" ")[0]
+                return f"{method} {entry.http_route.rstrip('/')}{inner}"
         return entry.name
 
     def is_genuine_entry(self, entry: SpanNode) -> bool:
@@ -405,6 +411,37 @@ class TraceTree:
         if self._end_ns is None:
             self._end_ns = max((node.end_ns for node in self.nodes.values()), default=0)
         return self._end_ns
+
+
+def mounted_route(entry: SpanNode, node: SpanNode) -> str | None:
+    """The route of a mounted sub-application (`app.mount("/api", api)`) that `node` ran under: the
+    FastAPI/Starlette instrumentation gives the outer server span the mount's route (`/api`) and
+    the sub-app an internal span of its own with the real one (`/articles/{slug}`). None when no
+    such span lies between `entry` and `node` (`node` included); mounts in mounts are joined."""
+    routes: list[str] = []
+    current: SpanNode | None = node
+    while current is not None and current is not entry:
+        if current.kind == KIND_INTERNAL and current.http_route and current.service == entry.service:
+            routes.append(current.http_route.rstrip("/") or "/")
+        current = current.parent
+    return "".join(reversed(routes)) if routes else None
+
+
+def _innermost_mount(entry: SpanNode) -> SpanNode:
+    """Below a request span, the deepest chain of sub-application spans (see `mounted_route`)."""
+    current = entry
+    while True:
+        mount = next(
+            (
+                child
+                for child in current.children
+                if child.kind == KIND_INTERNAL and child.http_route and child.service == entry.service
+            ),
+            None,
+        )
+        if mount is None:
+            return current
+        current = mount
 
 
 def _start(node: SpanNode) -> int:

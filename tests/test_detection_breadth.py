@@ -39,6 +39,7 @@ POSITIVE = [
     "/cache/sync",
     "/cache/async",
     "/connections/loop",
+    "/api/authors/6/names",
 ]
 NEGATIVE = [
     "/concurrent/db-few",
@@ -64,6 +65,7 @@ ALLOWED = {
     "GET /cache/sync": {"n_plus_one"},
     "GET /cache/async": {"n_plus_one"},
     "GET /connections/loop": {"n_plus_one"},
+    "GET /api/authors/{count}/names": {"n_plus_one"},
     "nightly-report": {"n_plus_one"},
     "startup": {"n_plus_one", "slow_span", "mn_plus_one", "consecutive_calls"},
     "background": {"slow_span"},
@@ -289,6 +291,13 @@ def check_connections(alerts: list[Alert]) -> None:
     check_no_connect_findings(alerts)
 
 
+def check_mounted_sub_app(alerts: list[Alert]) -> None:
+    """`app.mount("/api", api)`: filed under the mount's route and the sub-app's together."""
+    details = one(alerts, "GET /api/authors/{count}/names", "n_plus_one")
+    assert details["kind"] == "db" and details["count"] == 6, details
+    assert not of(alerts, "GET /api"), show(alerts)
+
+
 def check_nightly_report(alerts: list[Alert]) -> None:
     details = one(alerts, "nightly-report", "n_plus_one")
     assert details["kind"] == "db" and details["count"] == 10 and details["concurrent"] is False, details
@@ -407,6 +416,10 @@ def test_redis_loops_are_cache_n_plus_one(breadth: Run) -> None:
 
 def test_connection_per_query_is_one_n_plus_one_and_no_connect_finding(breadth: Run) -> None:
     check_connections(breadth.alerts)
+
+
+def test_a_mounted_sub_application_is_filed_under_its_whole_route(breadth: Run) -> None:
+    check_mounted_sub_app(breadth.alerts)
 
 
 def test_background_job_is_filed_under_its_root_span(breadth: Run) -> None:

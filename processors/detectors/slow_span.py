@@ -207,10 +207,13 @@ def _field_value(node: SpanNode, field: str) -> str | None:
 
 
 def _dominant_child(node: SpanNode) -> dict[str, object] | None:
-    """The child that took at least half of a slow span's time, named without literals."""
+    """The child that took at least half of a slow span's time, named without literals. A mounted
+    sub-application's span (see `tree.mounted_route`) only wraps the request: looked through."""
     if not node.children or node.duration_ns <= 0:
         return None
     child = max(node.children, key=lambda each: each.duration_ns)
+    while child.kind == KIND_INTERNAL and child.http_route and child.children:
+        child = max(child.children, key=lambda each: each.duration_ns)
     share = child.duration_ns / node.duration_ns
     if share < 0.5:
         return None

@@ -391,5 +391,22 @@ def healthy_single() -> dict[str, Any]:
         return {"authors": session.scalars(select(Author.name).order_by(Author.id)).all()}
 
 
+# --- a mounted sub-application -----------------------------------------------------------------------
+
+api = FastAPI(title="mounted API")
+
+
+@api.get("/authors/{count}/names")
+def mounted_author_loop(count: int) -> list[str | None]:
+    """An N+1 behind `app.mount("/api", api)`: its operation is the whole route, not `GET /api`."""
+    with Session(engine) as session:
+        return [
+            session.scalar(select(Author.name).where(Author.id == number)) for number in range(1, count + 1)
+        ]
+
+
+app.mount("/api", api)
+
+
 if __name__ == "__main__":
     uvicorn.run(app, host="127.0.0.1", port=PORT, log_level="warning")

@@ -215,3 +215,12 @@ def test_kind_client_without_url_or_db_is_not_checked() -> None:
     root = server("GET /x", 0, 100)
     grpc = node("grpc.Call", 0, 90_000, parent=root, kind=KIND_CLIENT)
     assert [f for f in detect(root, grpc) if f.details["span_name"] == "grpc.Call"] == []
+
+
+def test_a_mounted_sub_applications_span_is_looked_through_for_the_dominant_child() -> None:
+    outer = server("POST /api", 0, 800, attributes={"http.route": "/api"})
+    inner = node("POST /users", 1, 799, parent=outer, attributes={"http.route": "/users"})
+    hashing = node("bcrypt.hashpw", 2, 600, parent=inner)
+    [finding] = SlowSpanDetector().detect(tree(outer, inner, hashing))
+    assert finding.operation == "POST /api/users"
+    assert finding.details["dominant_child"]["span_name"] == "bcrypt.hashpw"

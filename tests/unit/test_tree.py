@@ -218,3 +218,24 @@ def test_work_outside_any_request_is_filed_under_startup_or_background() -> None
     request = server("GET /orders", 50, 60)
     inside = query("SELECT * FROM orders", 51, 52, request)
     assert operation_of(TraceTree(5, [request, inside], first_requests), inside) == "GET /orders"
+
+
+def test_a_mounted_sub_application_is_filed_under_the_whole_route() -> None:
+    """`app.mount("/api", api)`: the outer server span has the mount's route, the sub-app's internal
+    span the real one (found on a public app, where every endpoint became `GET /api`)."""
+    outer = server("GET /api", 0, 100, attributes={"http.route": "/api"})
+    inner = node(
+        "GET /articles/{slug}/comments",
+        1,
+        99,
+        parent=outer,
+        attributes={"http.route": "/articles/{slug}/comments", "http.request.method": "GET"},
+    )
+    send = node("GET /api http send", 98, 99, parent=inner)
+    inside = query("SELECT * FROM comments WHERE article_id = ?", 2, 3, inner)
+    trace = TraceTree(1, [outer, inner, send, inside])
+    assert trace.operation(inside) == "GET /api/articles/{slug}/comments"
+    assert trace.operation(inner) == "GET /api/articles/{slug}/comments"
+    assert trace.operation(outer) == "GET /api/articles/{slug}/comments"  # a slow request, say
+    plain = server("GET /orders", 0, 10)
+    assert TraceTree(2, [plain, query("SELECT 1", 1, 2, plain)]).operation(plain) == "GET /orders"
