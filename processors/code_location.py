@@ -11,6 +11,7 @@ and the one below it is not. A miss falls back to the walk and learns the new de
 from __future__ import annotations
 
 import asyncio.events
+import asyncio.runners
 import os
 import site
 import sys
@@ -26,12 +27,21 @@ if TYPE_CHECKING:
 _LIBRARY, _APPLICATION = 0, 1
 # The frame that runs one step of an asyncio task or callback: a walk up a task's stack ends here.
 _EVENT_LOOP_STEP = asyncio.events.Handle._run.__code__
+# … and where an event loop was started, for loops whose steps run in C (uvloop): whatever is below
+# (`uvicorn.run` in main.py) did not make this call.
+_LOOP_BOUNDARIES = frozenset(
+    [_EVENT_LOOP_STEP, asyncio.runners.run.__code__]
+    + ([asyncio.runners.Runner.run.__code__] if hasattr(asyncio.runners, "Runner") else [])  # 3.11+
+)
 _MAX_DEPTH = 200
 _DEPTHS_PER_KIND = 4
 
 
 def _library_prefixes() -> tuple[str, ...]:
-    paths = {sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    # `scripts`: console scripts such as the venv's `bin/uvicorn`, which start the app, are not it.
+    paths = {
+        sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib", "scripts")
+    }
     try:
         paths.update(site.getsitepackages())
         paths.add(site.getusersitepackages())
@@ -85,7 +95,7 @@ class CodeLocator:
         frame: FrameType | None = sys._getframe(1)
         depth = 1
         while frame is not None and depth < _MAX_DEPTH:
-            if frame.f_code is _EVENT_LOOP_STEP:
+            if frame.f_code in _LOOP_BOUNDARIES:
                 return  # below: whoever started the event loop (`uvicorn.run` in main.py), not this task
             if self._kind(frame.f_code) == _APPLICATION:
                 _set_location(span, frame)
@@ -111,7 +121,7 @@ class CodeLocator:
         parent = getattr(current, "parent", None)
         frame: FrameType | None = getattr(parent, "gr_frame", None) if parent is not None else None
         depth = 0
-        while frame is not None and depth < _MAX_DEPTH and frame.f_code is not _EVENT_LOOP_STEP:
+        while frame is not None and depth < _MAX_DEPTH and frame.f_code not in _LOOP_BOUNDARIES:
             if self._kind(frame.f_code) == _APPLICATION:
                 return frame
             frame, depth = frame.f_back, depth + 1
