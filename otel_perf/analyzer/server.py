@@ -237,13 +237,19 @@ class Analyzer:
     async def _http_export(self, request: Request, export: Any) -> Response:
         content_type = request.headers.get("content-type", "")
         media = JSON if content_type.split(";")[0].strip().lower() == JSON else PROTOBUF
-        declared = int(request.headers.get("content-length") or 0)
+        limit = self.config.max_request_bytes
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
         try:
-            if declared > self.config.max_request_bytes:
-                raise RequestTooLarge(f"request of {declared} bytes exceeds {self.config.max_request_bytes}")
-            payload = await request.body()
-            if request.headers.get("content-encoding", "").lower() == "gzip":
-                payload = _gunzip(payload, self.config.max_request_bytes)
+            if encoding not in _ENCODINGS:
+                raise UnsupportedMediaType(
+                    f"Content-Encoding {encoding!r} is not supported: send gzip or identity (uncompressed)"
+                )
+            declared = int(request.headers.get("content-length") or 0)  # a valid number: h11 checks
+            if declared > limit:
+                raise RequestTooLarge(f"request of {declared} bytes exceeds {limit}")
+            payload = await _read_at_most(request, limit)
+            if encoding == "gzip":
+                payload = _gunzip(payload, limit)
             response = export(payload, content_type)
         except UnsupportedMediaType as error:
             return _status_response(415, code_pb2.INVALID_ARGUMENT, str(error), PROTOBUF)
@@ -289,6 +295,22 @@ class Analyzer:
         self.tracer_provider.shutdown()
         self.logger_provider.shutdown()
         self.forwarder.close()
+
+
+_ENCODINGS = ("identity", "gzip")
+
+
+async def _read_at_most(request: Request, limit: int) -> bytes:
+    """The body, refused as soon as it passes `limit` while it streams in: a chunked request
+    declares no length, and reading it whole first would hold all of it in memory."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _gunzip(payload: bytes, limit: int) -> bytes:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import httpx
@@ -116,6 +118,14 @@ def test_http_protobuf_json_and_gzip_are_accepted_and_forwarded(
         ),
         (b"\x00", {"Content-Type": "text/plain"}, 415, "Content-Type must be"),
         (b"not gzip", {**PROTOBUF, "Content-Encoding": "gzip"}, 400, "invalid gzip"),
+        # Not read as if it were uncompressed: the sender is told what to send instead.
+        (
+            b"\x1b\x00\x00",
+            {**PROTOBUF, "Content-Encoding": "br"},
+            415,
+            "Content-Encoding 'br' is not supported",
+        ),
+        ((b"[" * 100_000) + (b"]" * 100_000), {"Content-Type": "application/json"}, 400, "nested too deeply"),
     ],
 )
 def test_malformed_http_input_gets_the_otlp_error(
@@ -137,6 +147,38 @@ def test_malformed_http_input_gets_the_otlp_error(
 def test_oversized_request_is_refused_before_it_is_read(analyzer_url: str) -> None:
     response = httpx.post(f"{analyzer_url}/v1/traces", content=b"\x00" * (33 * 1024 * 1024), headers=PROTOBUF)
     assert response.status_code == 413
+
+
+def test_a_chunked_request_is_refused_while_it_streams(stack: RunningStack, analyzer_url: str) -> None:
+    """No Content-Length to refuse it by: the body is counted as it arrives, and refused once it
+    passes the limit (32 MiB), not read whole first (a 300 MB chunked POST reached 757 MB RSS)."""
+
+    def body() -> Iterator[bytes]:
+        chunk = b"\x00" * (1024 * 1024)
+        for _ in range(300):
+            yield chunk
+
+    pid = int((stack.stack.state_dir / "analyzer-1.pid").read_text())
+    peak_before = _peak_rss_mb(pid)
+    try:
+        response = httpx.post(f"{analyzer_url}/v1/traces", content=body(), headers=PROTOBUF, timeout=60)
+        assert response.status_code == 413
+    except (httpx.WriteError, httpx.RemoteProtocolError, httpx.ReadError):
+        pass  # the analyzer answered 413 and closed while the client was still sending
+    grown = _peak_rss_mb(pid) - peak_before
+    assert grown < 100, f"the analyzer's peak RSS grew {grown:.0f} MB on a refused 300 MB body"
+    assert httpx.get(f"{analyzer_url}/healthz").status_code == 200
+    assert (
+        httpx.post(f"{analyzer_url}/v1/traces", content=_request("after", 9), headers=PROTOBUF).status_code
+        == 200
+    )
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmHWM for {pid}")
 
 
 def test_grpc_errors_and_pathological_spans(stack: RunningStack, analyzer_url: str) -> None:
