@@ -104,6 +104,7 @@ class AnalysisPipeline:
             self._analyse,
             self.stats,
             delay_s=config.trace_wait_ms / 1000,
+            max_hold_s=config.max_trace_hold_s,
             max_buffered_spans=config.max_buffered_spans,
             thread_name="otel-perf-analyzer",
         )

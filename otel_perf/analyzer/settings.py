@@ -25,6 +25,12 @@ class AnalyzerSettings(Section):
     trace_wait_ms: float = Field(
         200, ge=0, description="After a trace's last span arrives, wait this long for more before analysing."
     )
+    max_trace_hold_s: float = Field(
+        30,
+        gt=0,
+        description="A trace still receiving spans after this long is analysed and forwarded all the "
+        "same (its later spans are a new part): nothing is held back from the collector for ever.",
+    )
     max_buffered_spans: int = Field(
         500_000,
         ge=1,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -15,6 +15,7 @@ import pytest
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
 from tests.support.apps import wait_until
@@ -41,8 +42,6 @@ def _request(
         end_time_unix_nano=end or now,
         attributes=span_attributes,
     )
-    from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-
     request = ExportTraceServiceRequest(
         resource_spans=[
             ResourceSpans(resource=Resource(attributes=attributes), scope_spans=[ScopeSpans(spans=[span])])
@@ -210,3 +209,38 @@ def test_health_readiness_and_metrics_endpoints(analyzer_url: str) -> None:
         "otel_perf_analyzer_export_queue",
     ):
         assert name in metrics
+
+
+def test_a_trace_that_never_stops_receiving_spans_is_not_held_for_ever(
+    fresh_stack: Callable[..., RunningStack],
+) -> None:
+    """The analyzer sits in the path to Jaeger and holds a trace until it goes quiet: one that keeps
+    receiving spans (a long stream, a sender stuck in a loop) is analysed and forwarded after the
+    maximum hold all the same, while its spans still arrive."""
+    stack = fresh_stack(analyzer_env={"OTEL_PERF_ANALYZER_MAX_TRACE_HOLD_S": "2"})
+    url = f"http://127.0.0.1:{stack.ports.analyzer(0)[1]}/v1/traces"
+    trace_id = bytes.fromhex("5e" * 16)
+    resource = Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value="streamer"))])
+    arrived_while_sending = None
+    started = time.monotonic()
+    for number in range(1, 80):
+        now = time.time_ns()
+        span = Span(
+            trace_id=trace_id,
+            span_id=number.to_bytes(8, "big"),
+            name="chunk",
+            kind=1,
+            start_time_unix_nano=now - 10**6,
+            end_time_unix_nano=now,
+        )
+        request = ExportTraceServiceRequest(
+            resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=[span])])]
+        )
+        assert httpx.post(url, content=request.SerializeToString(), headers=PROTOBUF).status_code == 200
+        if number % 10 == 0 and time.monotonic() - started > 3:
+            arrived_while_sending = stack.jaeger_trace(trace_id.hex())
+            if arrived_while_sending:
+                break
+        time.sleep(0.1)
+    assert arrived_while_sending, "the trace reached Jaeger only once its spans stopped"
+    assert stack.analyzer_metric(0, "otel_perf_analyzer_traces_timed_out") >= 1
