@@ -19,10 +19,11 @@ __version__ = "0.1.0"
 
 def _alert_router_from_env() -> FindingsHandler:
     # Imported when a processor needs it, not with the package: `import otel_perf` stays light.
-    from otel_perf.alerting.router import AlertRouter, RouterSettings
+    from otel_perf.alerting.router import AlertRouter, RouterSettings, open_outbox
     from otel_perf.alerting.sinks import SinkSettings, build_sinks
 
-    return AlertRouter(RouterSettings.load(), build_sinks(SinkSettings.load()))
+    settings = RouterSettings.load()
+    return AlertRouter(settings, build_sinks(SinkSettings.load()), outbox=open_outbox(settings))
 
 
 register_default_handler(_alert_router_from_env)

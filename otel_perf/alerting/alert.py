@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-from otel_perf.processors.findings import Finding
+from otel_perf.processors.findings import Finding, Severity
 
 
 @dataclass
@@ -14,15 +15,38 @@ class Alert:
 
     finding: Finding
     occurrences: int = 1
+    # The same for every delivery of one alert (fingerprint and cooldown window): receivers that may
+    # see a retry twice (a timeout after the POST arrived) can drop the second (`Idempotency-Key`).
+    key: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = self.finding.to_json()
         data["occurrences"] = self.occurrences
         return data
 
+    def to_record(self) -> dict[str, Any]:
+        """Everything a sink reads, as JSON (the outbox keeps alerts across restarts)."""
+        record = asdict(self.finding)
+        record["severity"] = self.finding.severity.label
+        record["occurrences"] = self.occurrences
+        record["key"] = self.key
+        return record
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> Alert:
+        fields = {key: value for key, value in record.items() if key in _FINDING_FIELDS}
+        fields["severity"] = Severity.parse(fields["severity"])
+        return cls(Finding(**fields), int(record.get("occurrences", 1)), str(record.get("key", "")))
+
+
+_FINDING_FIELDS = frozenset(field.name for field in dataclasses.fields(Finding))
+
 
 class Sink(Protocol):
-    """Delivers alerts somewhere (file, webhook, OTLP, console). May raise: the router contains it."""
+    """Delivers alerts somewhere (file, webhook, OTLP, console). May raise: the router contains it.
+    Optionally, `destination`: what identifies where it delivers (`file:/var/log/alerts.jsonl`), so
+    that a process only ever delivers, from a shared outbox, what was meant for the same place
+    (the router falls back to `name`)."""
 
     name: str
 

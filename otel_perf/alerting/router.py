@@ -7,34 +7,41 @@ goes through); a per-type hourly limit. Time is the findings' own (span timestam
 time by the receive time (± `max_clock_skew_s`): a sender with a wrong clock, or anyone who can
 reach the port, can't date findings in 2100 and so fill the hourly budget or a cooldown forever.
 
-Delivery (a worker thread, bounded queue): each sink is called in turn; a sink that raises or
-times out is counted and logged, and never affects the others or the caller.
+Delivery (`outbox`): each alert is kept once per sink under an idempotency key (fingerprint and
+cooldown window); each sink has its own worker, so a webhook that hangs delays neither the file nor
+the OTLP sink; a failure is counted, logged and retried with backoff; with a file
+(`OTEL_PERF_ALERTS_OUTBOX_PATH`), what a stopped or killed process had not delivered is delivered
+by the next one. Nothing here blocks the caller.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.alerting.alert import Alert, Sink
+from otel_perf.alerting.outbox import MEMORY, Outbox
 from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, Severity
 
 logger = logging.getLogger("otel_perf.alerting")
 
 _HOUR_NS = 3600 * 10**9
+# A claimed alert another process may take over after this (its owner died mid-delivery): longer
+# than one delivery attempt takes (a webhook's timeout is 5 s).
+_LEASE_S = 20.0
+_IDLE_WAIT_S = 1.0
 _MAX_FINGERPRINTS = 10_000
 
 
@@ -50,7 +57,19 @@ class RouterSettings(Section):
     max_per_hour: int = Field(
         60, ge=1, description="Alerts per type per hour; the rest are counted, not sent."
     )
-    queue_size: int = Field(1000, ge=1, description="Alerts waiting for delivery; overflow is counted.")
+    outbox_path: str = Field(
+        "",
+        description="SQLite file keeping alerts until every sink has them (across restarts); empty: "
+        "$XDG_STATE_HOME/otel-perf/alerts.sqlite3 (~/.local/state/…); :memory: for none.",
+    )
+    max_pending_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Alerts waiting for delivery, in bytes; beyond, new ones are dropped and counted.",
+    )
+    retry_for_s: float = Field(
+        86_400, gt=0, description="How long a failed delivery is retried (backoff 1 s doubling to 60 s)."
+    )
     max_clock_skew_s: float = Field(
         300,
         ge=0,
@@ -82,6 +101,26 @@ class _Seen:
     suppressed: int = 0
 
 
+def _destination(sink: Sink) -> str:
+    return str(getattr(sink, "destination", sink.name))
+
+
+def default_outbox_path() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "otel-perf" / "alerts.sqlite3")
+
+
+def open_outbox(settings: RouterSettings) -> Outbox:
+    """The outbox the settings ask for (composition roots; a router built without one keeps its
+    outbox in memory)."""
+    return Outbox(
+        settings.outbox_path or default_outbox_path(),
+        max_pending_bytes=settings.max_pending_bytes,
+        retry_for_s=settings.retry_for_s,
+        keep_delivered_s=max(settings.cooldown_s, 3600.0),
+    )
+
+
 class AlertRouter:
     def __init__(
         self,
@@ -90,27 +129,37 @@ class AlertRouter:
         *,
         replay: bool = False,
         clock: Callable[[], int] = time.time_ns,
+        outbox: Outbox | None = None,
     ) -> None:
         """`replay`: route by span time alone (offline analysis of exported files: there is no
-        receive time); otherwise span time is bounded by the receive time, read from `clock`."""
-        self.settings = settings or RouterSettings()
+        receive time); otherwise span time is bounded by the receive time, read from `clock`.
+        `outbox`: where alerts wait for their sinks (`open_outbox`); in memory when not given."""
+        self.settings = settings = settings or RouterSettings()
         self._replay = replay
         self._clock = clock
         self.sinks = list(sinks)
         self.stats = RouterStats()
         self._seen: OrderedDict[str, _Seen] = OrderedDict()
         self._sent_times: dict[str, deque[int]] = {}
+        self.outbox = outbox or Outbox(
+            MEMORY, max_pending_bytes=settings.max_pending_bytes, retry_for_s=settings.retry_for_s
+        )
         self._init_threading()
         if hasattr(os, "register_at_fork"):
-            weak_reinit = weakref.WeakMethod(self._init_threading)
+            weak_reinit = weakref.WeakMethod(self._after_fork)
             os.register_at_fork(after_in_child=lambda: (method := weak_reinit()) and method())
 
     def _init_threading(self) -> None:
-        """Locks, queue and worker: new at start and in a forked child (threads don't survive fork)."""
+        """Locks and workers: new at start and in a forked child (threads don't survive fork)."""
         self._decide_lock = threading.Lock()
-        self._queue: queue.Queue[Alert | None] = queue.Queue(self.settings.queue_size)
-        self._worker: threading.Thread | None = None
-        self._worker_lock = threading.Lock()
+        self._wake = threading.Condition()
+        self._workers: dict[str, threading.Thread] = {}
+        self._stopping = False
+        self._overflow_logged = False
+
+    def _after_fork(self) -> None:
+        self.outbox.reopen()
+        self._init_threading()
 
     # --- decisions --------------------------------------------------------------------------------
 
@@ -183,53 +232,109 @@ class AlertRouter:
     # --- delivery ---------------------------------------------------------------------------------
 
     def submit(self, findings: Sequence[Finding]) -> None:
-        """Decide now, deliver on the worker. Never blocks: a full queue drops and counts."""
+        """Decide now, keep each alert in the outbox, deliver on the sinks' workers. Never blocks
+        on a sink; beyond the byte bound, an alert is dropped and counted."""
+        queued = False
         for finding in findings:
             alert = self.decide(finding)
             if alert is None:
                 continue
-            try:
-                self._queue.put_nowait(alert)
-            except queue.Full:
-                self.stats.dropped_queue_full += 1
-                logger.warning("otel-perf: alert queue full, dropped %s", finding.alert_name)
+            if not self.sinks:
+                self.stats.sent += 1
                 continue
-            self._ensure_worker()
+            alert.key = self._key(finding)
+            destinations = [_destination(sink) for sink in self.sinks]
+            added = self.outbox.put(destinations, alert.key, alert.to_record())
+            if added is False:
+                self.stats.dropped_queue_full += 1
+                if not self._overflow_logged:
+                    self._overflow_logged = True
+                    logger.warning(
+                        "otel-perf: alert outbox full (OTEL_PERF_ALERTS_MAX_PENDING_BYTES); dropping new "
+                        "alerts until sinks catch up (counted), e.g. %s",
+                        finding.alert_name,
+                    )
+                continue
+            if added:
+                self.stats.sent += 1
+                queued = True
+        if queued:
+            self._ensure_workers()
+            with self._wake:
+                self._wake.notify_all()
+
+    def _key(self, finding: Finding) -> str:
+        """What makes two deliveries the same alert: the fingerprint and the cooldown window it
+        fired in (a restart re-raising it in the same window sends nothing new), and resolution."""
+        window = int(self._routing_time(finding.time_ns) // max(1.0, self.settings.cooldown_s * 1e9))
+        return f"{finding.fingerprint}:{window}:{finding.details.get('status', '')}"
 
     def deliver(self, alert: Alert) -> None:
-        """Hand one alert to every sink, containing each sink's failure."""
+        """Hand one alert to every sink now, containing each sink's failure (no outbox, no retry)."""
         for sink in self.sinks:
-            try:
-                sink.send(alert)
-            except Exception as error:
-                failures = self.stats.sink_failures
-                failures[sink.name] = failures.get(sink.name, 0) + 1
-                if failures[sink.name] in (1, 10, 100) or failures[sink.name] % 1000 == 0:
-                    logger.warning(
-                        "otel-perf: %s sink failed (%d so far): %s", sink.name, failures[sink.name], error
+            self._send(sink, alert)
+
+    def _send(self, sink: Sink, alert: Alert) -> bool:
+        try:
+            sink.send(alert)
+            return True
+        except Exception as error:
+            failures = self.stats.sink_failures
+            failures[sink.name] = failures.get(sink.name, 0) + 1
+            if failures[sink.name] in (1, 10, 100) or failures[sink.name] % 1000 == 0:
+                logger.warning(
+                    "otel-perf: %s sink failed (%d so far; retried with backoff): %s",
+                    sink.name,
+                    failures[sink.name],
+                    error,
+                )
+            return False
+
+    def _ensure_workers(self) -> None:
+        """One worker per sink, started lazily (a pre-fork master never starts one)."""
+        with self._wake:
+            for sink in self.sinks:
+                worker = self._workers.get(sink.name)
+                if worker is None or not worker.is_alive():
+                    worker = threading.Thread(
+                        target=self._run, args=(sink,), name=f"otel-perf-alerts-{sink.name}", daemon=True
                     )
-        self.stats.sent += 1
+                    self._workers[sink.name] = worker
+                    worker.start()
 
-    def _ensure_worker(self) -> None:
-        with self._worker_lock:
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._run, name="otel-perf-alerts", daemon=True)
-                self._worker.start()
-
-    def _run(self) -> None:
-        while True:
-            alert = self._queue.get()
+    def _run(self, sink: Sink) -> None:
+        while not self._stopping:
             try:
-                if alert is None:
-                    return
-                self.deliver(alert)
-            finally:
-                self._queue.task_done()
+                claimed = self.outbox.claim(_destination(sink), _LEASE_S)
+            except Exception:  # a broken state file: logged, retried, never into the app
+                logger.exception("otel-perf: reading the alert outbox failed")
+                claimed = []
+            for row_id, record, attempts in claimed:
+                if self._send(sink, Alert.from_record(record)):
+                    self.outbox.delivered(row_id)
+                elif not self.outbox.failed(row_id, attempts):
+                    logger.warning(
+                        "otel-perf: gave up delivering %s to %s after %.0f s",
+                        record.get("title", "an alert"),
+                        sink.name,
+                        self.settings.retry_for_s,
+                    )
+            if claimed:
+                continue
+            due = self.outbox.next_due(_destination(sink))
+            wait = _IDLE_WAIT_S if due is None else min(_IDLE_WAIT_S, max(0.01, due - time.time()))
+            with self._wake:
+                if not self._stopping:
+                    self._wake.wait(wait)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until queued alerts were delivered (True) or the timeout passed (False)."""
+        """Wait until every alert had its first delivery attempt at every sink (True) or the
+        timeout passed (False); failed ones stay in the outbox, retried."""
         deadline = time.monotonic() + timeout_s
-        while self._queue.unfinished_tasks:
+        mine = [_destination(sink) for sink in self.sinks]
+        if self.outbox.undelivered(mine, first_attempt_only=True):
+            self._ensure_workers()
+        while self.outbox.undelivered(mine, first_attempt_only=True):
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.01)
@@ -242,13 +347,14 @@ class AlertRouter:
 
     def shutdown(self, timeout_s: float = 5.0) -> None:
         self.flush(timeout_s)
-        worker = self._worker
-        if worker is not None and worker.is_alive():
-            with contextlib.suppress(queue.Full):
-                self._queue.put_nowait(None)
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        for worker in list(self._workers.values()):
             worker.join(timeout=1)
         for sink in self.sinks:
             try:
                 sink.close()
             except Exception:
                 logger.debug("otel-perf: closing %s failed", sink.name, exc_info=True)
+        self.outbox.close()

@@ -6,6 +6,7 @@ A sink only delivers; the router decides what to send and contains a sink's fail
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -45,7 +46,7 @@ class SinkSettings(Section):
     webhook_url: SecretStr | None = Field(
         None, description="POST each alert as JSON (with a Slack `text` field)."
     )
-    webhook_timeout_s: float = Field(5, gt=0, description="Per attempt; 3 attempts with backoff.")
+    webhook_timeout_s: float = Field(5, gt=0, description="Per attempt (the outbox retries with backoff).")
     console: bool = Field(False, description="Print alerts to stderr.")
     otlp: bool = Field(True, description="Send alerts over OTLP: a perf.alert span and a log record.")
 
@@ -102,6 +103,7 @@ class FileSink:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)  # its directory must exist: a typo in the path creates nothing
+        self.destination = f"file:{self.path.resolve()}"
         self._lock = threading.Lock()
         self._file = self.path.open("a", encoding="utf-8")
 
@@ -129,32 +131,28 @@ class WebhookSink:
     used because it logs nothing (httpx logs every request URL at INFO)."""
 
     name = "webhook"
-    attempts = 3
 
     def __init__(self, url: str, timeout_s: float = 5.0) -> None:
         self._url = url  # never logged: it usually embeds a secret token
+        self.destination = "webhook:" + hashlib.sha256(url.encode()).hexdigest()[:16]
         self._timeout_s = timeout_s
 
     def send(self, alert: Alert) -> None:
+        """One attempt: the router's outbox retries with backoff, and keeps the alert meanwhile."""
         body = json.dumps({"text": slack_text(alert), **alert.to_json()}, default=str).encode()
-        delay = 0.5
-        problem = ""
-        for attempt in range(1, self.attempts + 1):
-            status, problem = self._post(body)
-            if status is not None and status < 300:
-                return
-            if status is not None and 400 <= status < 500 and status != 429:
-                raise WebhookError(f"webhook rejected the alert: HTTP {status}")
-            if attempt < self.attempts:
-                time.sleep(delay)
-                delay *= 2
-        raise WebhookError(f"webhook unreachable after {self.attempts} attempts: {problem}")
+        status, problem = self._post(body, alert.key)
+        if status is not None and status < 300:
+            return
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
+            raise WebhookError(f"webhook rejected the alert: HTTP {status}")
+        raise WebhookError(f"webhook unreachable: {problem}")
 
-    def _post(self, body: bytes) -> tuple[int | None, str]:
+    def _post(self, body: bytes, key: str = "") -> tuple[int | None, str]:
         """(response status, problem): the status is None when no response came."""
-        request = urllib.request.Request(
-            self._url, data=body, method="POST", headers={"Content-Type": "application/json"}
-        )
+        headers = {"Content-Type": "application/json"}
+        if key:
+            headers["Idempotency-Key"] = key
+        request = urllib.request.Request(self._url, data=body, method="POST", headers=headers)
         with suppress_instrumentation():
             try:
                 with urllib.request.urlopen(request, timeout=self._timeout_s) as reply:
@@ -182,6 +180,7 @@ class ConsoleSink:
 
     def __init__(self) -> None:
         self._colour = sys.stderr.isatty() and "NO_COLOR" not in os.environ
+        self.destination = f"console:{os.getpid()}"  # a stopped process's terminal is gone
 
     def send(self, alert: Alert) -> None:
         finding = alert.finding
@@ -246,6 +245,13 @@ class OtlpSink:
     ) -> None:
         self._tracer_provider = tracer_provider
         self._logger_provider = logger_provider
+        # Alerts are exported under the service's own resource: one service's never go out as another's.
+        resource = getattr(tracer_provider, "resource", None)
+        if resource is None:
+            from opentelemetry.sdk.resources import Resource
+
+            resource = Resource.create()  # what the SDK will build from OTEL_SERVICE_NAME, …
+        self.destination = f"otlp:{resource.attributes.get('service.name', 'unknown_service')}"
 
     def send(self, alert: Alert) -> None:
         from opentelemetry import trace

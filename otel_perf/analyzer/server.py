@@ -40,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from otel_perf.alerting.router import AlertRouter, RouterSettings
+from otel_perf.alerting.router import AlertRouter, RouterSettings, open_outbox
 from otel_perf.alerting.sinks import OtlpSink, SinkSettings, build_sinks
 from otel_perf.analyzer.forwarder import Forwarder
 from otel_perf.analyzer.otlp_codec import JSON, PROTOBUF, decode
@@ -110,7 +110,7 @@ class Analyzer:
             )
         )
         otlp = OtlpSink(self.tracer_provider, self.logger_provider)
-        self.router = AlertRouter(router, build_sinks(sinks, otlp))
+        self.router = AlertRouter(router, build_sinks(sinks, otlp), outbox=open_outbox(router))
         watcher = build_watcher(monitor, monitors, findings=self.router) if monitor and analyses else None
         self.pipeline = AnalysisPipeline(
             config,

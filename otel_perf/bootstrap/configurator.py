@@ -17,7 +17,7 @@ from opentelemetry.sdk._configuration import _OTelSDKConfigurator
 from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
 
-from otel_perf.alerting.router import AlertRouter
+from otel_perf.alerting.router import AlertRouter, open_outbox
 from otel_perf.alerting.sinks import build_sinks
 from otel_perf.bootstrap.self_metrics import register_self_metrics
 from otel_perf.log_setup import ensure_stderr_logging
@@ -94,7 +94,7 @@ def _build_analysis() -> tuple[TraceAnalysisSpanProcessor, AlertRouter] | None:
     warn_about_unknown_variables(os.environ)
     if not settings.processor.analyses_in_process:
         return None
-    router = AlertRouter(settings.router, build_sinks(settings.sinks))
+    router = AlertRouter(settings.router, build_sinks(settings.sinks), outbox=open_outbox(settings.router))
     processor = TraceAnalysisSpanProcessor(
         settings.processor,
         detectors=build_detectors(settings.detectors),

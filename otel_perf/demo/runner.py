@@ -110,6 +110,7 @@ def run_demo(console: Console, rounds: int = 3, timeout_s: float = 60.0, release
         "OTEL_SERVICE_NAME": os.environ.get("OTEL_SERVICE_NAME", "otel-perf-demo"),
         "OTEL_PERF_ALERTS_FILE": str(alerts_file),
         "OTEL_PERF_MONITOR_STATE_PATH": str(workdir / "monitors.sqlite3"),
+        "OTEL_PERF_ALERTS_OUTBOX_PATH": str(workdir / "alerts-outbox.sqlite3"),
         # Export attempts with no collector would retry for seconds at shutdown.
         "OTEL_EXPORTER_OTLP_TIMEOUT": os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "2"),
         "PYTHONUNBUFFERED": "1",

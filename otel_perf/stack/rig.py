@@ -168,6 +168,7 @@ class Stack:
                         "OTEL_PERF_MONITOR_STATE_PATH": os.environ.get(
                             "OTEL_PERF_MONITOR_STATE_PATH", str(state / "analyzer-monitors.sqlite3")
                         ),
+                        "OTEL_PERF_ALERTS_OUTBOX_PATH": str(state / "analyzer-alerts-outbox.sqlite3"),
                         **self.analyzer_env,
                     },
                     f"http://{loopback}:{http_port}/readyz",

@@ -55,5 +55,7 @@ def user_venv(name: str, *, bootstrap: bool = False, core: bool = False) -> Path
         elif name not in _refreshed:
             # This session's code, not the code of the session that built the environment.
             _run(python, "-m", "pip", "install", "--quiet", "--no-deps", "--force-reinstall", str(REPO))
+            # … and any dependency it declares since (the environment may predate it).
+            _run(python, "-m", "pip", "install", "--quiet", str(REPO) if core else f"{REPO}[test]")
         _refreshed.add(name)
     return root / "bin"
