@@ -137,6 +137,8 @@ def start_app(
         **(QUIET_EXPORT if export is None else export),
         "OTEL_SERVICE_NAME": "shop",
         "OTEL_PERF_ALERTS_FILE": str(alerts_file),
+        # Each app its own outbox: the apps of a test session are all called "shop".
+        "OTEL_PERF_ALERTS_OUTBOX_PATH": str(workdir / "alerts-outbox.sqlite3"),
         "PORT": str(port),
         "PYTHONUNBUFFERED": "1",
         **(env or {}),
