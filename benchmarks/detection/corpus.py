@@ -29,8 +29,8 @@ from benchmarks.common import machine
 from benchmarks.detection.corpus_cases import CASES, Case, Expect, build, iter_cases
 from otel_perf.offline import analyze_traces, read_traces
 from otel_perf.processors.findings import Finding
-from otel_perf.processors.monitors.store import MEMORY
 from otel_perf.processors.monitors.watcher import MonitorSettings
+from otel_perf.processors.statefile import MEMORY
 from otel_perf.settings import Settings
 
 # The detectors the corpus is labelled for, in the order the table shows them.

@@ -15,7 +15,6 @@ multi-process outbox.
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import threading
 import time
@@ -23,9 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-logger = logging.getLogger("otel_perf.alerting")
+from otel_perf.processors.statefile import MEMORY, open_state
 
-MEMORY = ":memory:"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -66,23 +64,9 @@ class Outbox:
         self._next_prune = 0.0
 
     def _connect(self) -> sqlite3.Connection:
-        if self.path != MEMORY:
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.executescript(_SCHEMA)
-                return db
-            except (OSError, sqlite3.Error) as error:
-                logger.warning(
-                    "otel-perf: can't keep the alert outbox in %s (%s); keeping it in memory, so alerts "
-                    "not yet delivered are lost if the process stops",
-                    self.path,
-                    error,
-                )
-                self.path = MEMORY
-        db = sqlite3.connect(MEMORY, isolation_level=None, check_same_thread=False)
-        db.executescript(_SCHEMA)
+        db, self.path = open_state(
+            self.path, _SCHEMA, "alerts not yet delivered are lost if the process stops"
+        )
         return db
 
     def reopen(self) -> None:

@@ -31,9 +31,10 @@ from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.alerting.alert import Alert, Sink
-from otel_perf.alerting.outbox import MEMORY, Outbox
+from otel_perf.alerting.outbox import Outbox
 from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, Severity
+from otel_perf.processors.statefile import MEMORY
 
 logger = logging.getLogger("otel_perf.alerting")
 

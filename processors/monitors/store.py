@@ -9,17 +9,14 @@ traffic, and raise one alert, not two. A restart finds its baselines, and open r
 from __future__ import annotations
 
 import json
-import logging
 import sqlite3
 import threading
 from pathlib import Path
 
 from otel_perf.processors.monitors.base import State
 from otel_perf.processors.monitors.windows import Aggregate, SeriesKey
+from otel_perf.processors.statefile import MEMORY, open_state
 
-logger = logging.getLogger("otel_perf.monitors")
-
-MEMORY = ":memory:"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS parts (
     series TEXT NOT NULL, start_ns INTEGER NOT NULL, writer TEXT NOT NULL, data TEXT NOT NULL,
@@ -42,24 +39,7 @@ class WindowStore:
         self._db = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
-        if self.path != MEMORY:
-            try:
-                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-                db = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-                db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")  # WAL stays consistent; no fsync per window
-                db.executescript(_SCHEMA)
-                return db
-            except (OSError, sqlite3.Error) as error:
-                logger.warning(
-                    "otel-perf: can't keep trend state in %s (%s); keeping it in memory, so a restart "
-                    "starts the baselines afresh",
-                    self.path,
-                    error,
-                )
-                self.path = MEMORY
-        db = sqlite3.connect(MEMORY, isolation_level=None, check_same_thread=False)
-        db.executescript(_SCHEMA)
+        db, self.path = open_state(self.path, _SCHEMA, "a restart starts the trend baselines afresh")
         return db
 
     @property

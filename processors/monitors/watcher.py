@@ -32,8 +32,9 @@ from pydantic_settings import SettingsConfigDict
 from otel_perf.processors.config import Section
 from otel_perf.processors.findings import Finding, FindingsHandler
 from otel_perf.processors.monitors.base import Monitor
-from otel_perf.processors.monitors.store import MEMORY, WindowStore
+from otel_perf.processors.monitors.store import WindowStore
 from otel_perf.processors.monitors.windows import REQUESTS, RESOURCE, Aggregate, SeriesKey, Window
+from otel_perf.processors.statefile import MEMORY
 
 logger = logging.getLogger("otel_perf.monitors")
 
