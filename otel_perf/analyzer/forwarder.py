@@ -81,12 +81,21 @@ def split(request: ExportTraceServiceRequest) -> list[ExportTraceServiceRequest]
 
 
 class Forwarder:
-    def __init__(self, endpoint: str, queue_size: int = 1000, timeout_s: float = 10.0) -> None:
+    """Requests on their way back to the collector, bounded in count and in bytes (their encoded
+    size): a dead collector fills it, the pipeline then answers UNAVAILABLE so the collector keeps
+    what it can't send in its own queue, and readiness turns false before that (`nearly_full`)."""
+
+    def __init__(
+        self, endpoint: str, queue_size: int = 1000, timeout_s: float = 10.0, max_bytes: int = 128 * 1024**2
+    ) -> None:
         self.endpoint = endpoint
         self._timeout = timeout_s
         self._channel = grpc.insecure_channel(endpoint)
         self._stub = TraceServiceStub(self._channel)  # type: ignore[no-untyped-call]  # generated code
-        self._queue: queue.Queue[Any] = queue.Queue(queue_size)
+        self._queue: queue.Queue[tuple[Any, int]] = queue.Queue(queue_size)
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
+        self._bytes_lock = threading.Lock()
         self.sent = 0
         self.failed_attempts = 0
         self.dropped = 0
@@ -96,29 +105,49 @@ class Forwarder:
         self._worker.start()
 
     def full(self) -> bool:
-        return self._queue.full()
+        return self._queue.full() or self.queued_bytes >= self.max_bytes
+
+    def nearly_full(self) -> bool:
+        """Past 80 % of either bound: time to send elsewhere (readiness), before requests are refused."""
+        return self._queue.qsize() >= 0.8 * self._queue.maxsize or self.queued_bytes >= 0.8 * self.max_bytes
 
     @property
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def put(self, request: Any) -> bool:
+    def reserve(self, size: int) -> bool:
+        """Room for a request of `size` bytes accepted now and put later (after analysis); False
+        when there is none (one request always fits an empty queue, whatever its size)."""
+        with self._bytes_lock:
+            if self._queue.full() or (self.queued_bytes and self.queued_bytes + size > self.max_bytes):
+                return False
+            self.queued_bytes += size
+            return True
+
+    def release(self, size: int) -> None:
+        with self._bytes_lock:
+            self.queued_bytes -= size
+
+    def put(self, request: Any, size: int) -> bool:
+        """Queue a request whose room was reserved."""
         try:
-            self._queue.put_nowait(request)
+            self._queue.put_nowait((request, size))
             return True
         except queue.Full:
             self.dropped += 1
+            self.release(size)
             return False
 
     def _run(self) -> None:
         while not (self._stopping.is_set() and self._queue.empty()):
             try:
-                request = self._queue.get(timeout=0.2)
+                request, size = self._queue.get(timeout=0.2)
             except queue.Empty:
                 continue
             try:
                 self._send(request)
             finally:
+                self.release(size)
                 self._queue.task_done()
 
     def _send(self, request: Any) -> None:

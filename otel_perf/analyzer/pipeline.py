@@ -42,9 +42,14 @@ _STATUS_ERROR = 2  # OTLP Status.STATUS_CODE_ERROR
 
 
 class Forward(Protocol):
-    def put(self, request: Any) -> bool: ...
+    """The way back to the collector, bounded: room is reserved when a request is accepted, so
+    the requests held for analysis count too."""
 
-    def full(self) -> bool: ...
+    def reserve(self, size: int) -> bool: ...
+
+    def release(self, size: int) -> None: ...
+
+    def put(self, request: Any, size: int) -> bool: ...
 
 
 @dataclass
@@ -63,6 +68,7 @@ class PipelineStats(EngineStats):
 @dataclass
 class _Request:
     message: Any
+    size: int  # encoded bytes, reserved on the way back
     remaining: int = 0
 
 
@@ -127,12 +133,14 @@ class AnalysisPipeline:
     def ingest(self, message: Any) -> None:
         """Accept one `ExportTraceServiceRequest`. Raises `OtlpFormatError` (malformed, not
         retryable) or `Unavailable` (retry later); otherwise the request will be forwarded."""
-        if self._forward.full():
+        size = message.ByteSize()
+        if not self._forward.reserve(size):
             self.stats.rejected_unavailable += 1
             raise Unavailable("the export queue back to the collector is full")
         try:
             traces = spans_from_proto(message)
         except OtlpFormatError:
+            self._forward.release(size)
             self.stats.rejected_bad_request += 1
             raise
         count = sum(len(spans) for spans in traces.values())
@@ -142,14 +150,14 @@ class AnalysisPipeline:
         self.stats.requests += 1
         self.stats.spans_received += count
         if not count:
-            self._put(message)
+            self._put(message, size)
             return
         engine = self._engine
         if not self._analyses or not engine.fits(count):
             self.stats.count_unanalysed(OVER_MAX_BUFFERED_SPANS if self._analyses else NOT_ANALYSING, count)
-            self._put(message)
+            self._put(message, size)
             return
-        request = _Request(message, remaining=len(traces))
+        request = _Request(message, size, remaining=len(traces))
         with engine.lock:
             for trace_id, spans in traces.items():
                 held = engine.traces.get(trace_id)
@@ -203,8 +211,8 @@ class AnalysisPipeline:
                 requests.durations,
             )
 
-    def _put(self, message: Any) -> None:
-        if not self._forward.put(message):
+    def _put(self, message: Any, size: int) -> None:
+        if not self._forward.put(message, size):
             self.stats.forward_dropped += 1
 
     # --- analysis (released by the engine's worker) -----------------------------------------------
@@ -230,7 +238,7 @@ class AnalysisPipeline:
         for request in held.state.requests:
             request.remaining -= 1
             if request.remaining == 0:
-                self._put(request.message)
+                self._put(request.message, request.size)
 
     def _learn_app_alerts(self, spans: list[ProtoSpan]) -> None:
         """Mode both: an app's alert span passing through means that finding was alerted; the

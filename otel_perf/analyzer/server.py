@@ -95,7 +95,12 @@ class Analyzer:
         `monitor` (the windows) and `monitors` (by registry name): trends and error rates of every
         request received (None: not watched)."""
         self.config = config
-        self.forwarder = Forwarder(config.export_endpoint, config.export_queue_size, config.export_timeout_s)
+        self.forwarder = Forwarder(
+            config.export_endpoint,
+            config.export_queue_size,
+            config.export_timeout_s,
+            config.export_queue_bytes,
+        )
         resource = Resource.create({semconv.SERVICE_NAME: "otel-perf-analyzer"})
         self.tracer_provider = TracerProvider(resource=resource)
         self.tracer_provider.add_span_processor(
@@ -212,9 +217,10 @@ class Analyzer:
             problems = []
             if not self.ready.is_set():
                 problems.append("starting")
-            if self.forwarder.full():
+            if self.forwarder.nearly_full():
                 problems.append(
-                    f"export queue to {self.forwarder.endpoint} is full ({self.forwarder.last_error})"
+                    f"export queue to {self.forwarder.endpoint} is nearly full "
+                    f"({self.forwarder.queued_bytes} bytes; {self.forwarder.last_error})"
                 )
             body = {"status": "ready" if not problems else "not ready", "problems": problems}
             return JSONResponse(body, status_code=200 if not problems else 503)
@@ -399,6 +405,10 @@ class _StatsCollector:
             "otel_perf_analyzer_export_queue": (
                 "Requests waiting to go back to the collector.",
                 forwarder.depth,
+            ),
+            "otel_perf_analyzer_export_queue_bytes": (
+                "Their encoded size in bytes.",
+                forwarder.queued_bytes,
             ),
         }
         for name, (documentation, value) in gauges.items():

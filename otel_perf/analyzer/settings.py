@@ -45,4 +45,9 @@ class AnalyzerSettings(Section):
         description="Requests waiting to go back to the collector; when full, ingestion answers "
         "UNAVAILABLE/503 so the collector retries.",
     )
+    export_queue_bytes: int = Field(
+        128 * 1024 * 1024,
+        ge=1024,
+        description="… and their encoded bytes; /readyz turns false past 80 % of either bound.",
+    )
     export_timeout_s: float = Field(10, gt=0, description="Per export attempt to the collector.")

@@ -18,7 +18,7 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from tests.support.apps import wait_until
+from tests.support.apps import free_port, wait_until
 from tests.support.stack import RunningStack
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
@@ -244,3 +244,35 @@ def test_a_trace_that_never_stops_receiving_spans_is_not_held_for_ever(
         time.sleep(0.1)
     assert arrived_while_sending, "the trace reached Jaeger only once its spans stopped"
     assert stack.analyzer_metric(0, "otel_perf_analyzer_traces_timed_out") >= 1
+
+
+def test_a_dead_forward_target_fills_a_queue_bounded_in_bytes(
+    fresh_stack: Callable[..., RunningStack],
+) -> None:
+    """The analyzer's way back to the collector is dead: requests queue up to the byte bound, then
+    the analyzer answers 503 (the collector keeps what it can't send in its own queue); readiness
+    turns false before that; memory stays bounded (40 of 8 MB to a dead target took RSS from 67 to
+    428 MB while /readyz said ready)."""
+    stack = fresh_stack(
+        analyzer_env={
+            "OTEL_PERF_ANALYZER_EXPORT_ENDPOINT": f"127.0.0.1:{free_port()}",
+            "OTEL_PERF_ANALYZER_EXPORT_QUEUE_BYTES": str(40 * 1024 * 1024),
+        }
+    )
+    base = f"http://127.0.0.1:{stack.ports.analyzer(0)[1]}"
+    pid = int((stack.stack.state_dir / "analyzer-1.pid").read_text())
+    peak_before = _peak_rss_mb(pid)
+    statuses, ready = [], []
+    for number in range(40):
+        body = _request("big", number + 1, attribute_size=8 * 1024 * 1024)
+        statuses.append(
+            httpx.post(f"{base}/v1/traces", content=body, headers=PROTOBUF, timeout=30).status_code
+        )
+        ready.append(httpx.get(f"{base}/readyz").status_code)
+    assert statuses[:4] == [200] * 4, statuses
+    assert 503 in statuses, statuses  # refused, retryable, once the queue holds its bytes
+    first_refused, first_unready = statuses.index(503), ready.index(503)
+    assert first_unready < first_refused, (statuses, ready)  # not ready before it refuses
+    grown = _peak_rss_mb(pid) - peak_before
+    assert grown < 250, f"peak RSS grew {grown:.0f} MB for a 40 MB queue"
+    assert httpx.get(f"{base}/healthz").status_code == 200
