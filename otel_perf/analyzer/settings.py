@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from otel_perf.processors.config import Section
@@ -51,3 +51,16 @@ class AnalyzerSettings(Section):
         description="… and their encoded bytes; /readyz turns false past 80 % of either bound.",
     )
     export_timeout_s: float = Field(10, gt=0, description="Per export attempt to the collector.")
+
+    @field_validator("grpc_endpoint", "http_endpoint", "export_endpoint")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        """`host:port`, checked here: a bad one used to be a traceback at start (HTTP) or a silently
+        random port (gRPC)."""
+        text = value.strip()
+        host, colon, port = text.rpartition(":")
+        if text.lower().startswith(("http://", "https://")):
+            raise ValueError("must be host:port (e.g. 127.0.0.1:14317), not a URL")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port with a port from 1 to 65535, e.g. 127.0.0.1:14317")
+        return text

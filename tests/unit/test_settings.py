@@ -183,3 +183,25 @@ def _warn_for_a_mixed_environment(warn: Any) -> None:
             "OTEL_SERVICE_NAME": "shop",
         }
     )
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "expected"),
+    [
+        ("OTEL_PERF_ANALYZER_HTTP_ENDPOINT", "nonsense", "host:port with a port from 1 to 65535"),
+        ("OTEL_PERF_ANALYZER_GRPC_ENDPOINT", "127.0.0.1:99999", "host:port with a port from 1 to 65535"),
+        ("OTEL_PERF_ANALYZER_EXPORT_ENDPOINT", "http://collector:4327", "not a URL"),
+    ],
+)
+def test_a_bad_analyzer_endpoint_is_one_line_naming_it(
+    variable: str, value: str, expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to be a traceback at start (HTTP), or a silently random port (gRPC)."""
+    from otel_perf.analyzer.settings import AnalyzerSettings
+    from otel_perf.processors.errors import SettingsError
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SettingsError, match=f"{variable}=.*{expected}"):
+        AnalyzerSettings.load(strict=True)
+    monkeypatch.setenv(variable, "[::1]:14318")
+    assert AnalyzerSettings.load(strict=True)
