@@ -66,9 +66,12 @@ def assert_shop_findings(alerts: list[dict], db_system: str = "sqlite") -> None:
     assert lazy["code_location"]["file"].endswith("main.py")
     assert lazy["code_location"]["function"].startswith("list_orders")
     assert lazy["parent_span"] == "GET /orders" and lazy["total_duration_ms"] > 0
-    # Fast local database: the pattern is found, its impact rates it low.
+    # Fast local database: the pattern is found, its impact rates it low (unless a loaded machine
+    # made the 25 queries take 50 ms or more in all: then medium or more, by the same rule).
     if db_system == "sqlite":
-        assert n_plus_one["GET /orders"]["severity"] == "low"
+        total = lazy["total_duration_ms"]
+        expected = "low" if total < 50 else "medium" if total < 250 else "high"
+        assert n_plus_one["GET /orders"]["severity"] == expected, total
 
     raw = n_plus_one["GET /reports/order-lines"]["details"]
     assert raw["statement"] == "SELECT count(*) FROM items WHERE order_id = ?"
