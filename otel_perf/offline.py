@@ -19,8 +19,7 @@ from otel_perf.processors.findings import DiscardFindings, Finding
 from otel_perf.processors.monitors import Watcher, build_watcher
 from otel_perf.processors.sources import read_json_lines
 from otel_perf.processors.tree import (
-    KIND_CONSUMER,
-    KIND_SERVER,
+    ENTRY_KINDS,
     FirstRequests,
     SpanNode,
     TraceTree,
@@ -65,7 +64,7 @@ def analyze_traces(
     first_requests = FirstRequests()
     for nodes in traces.values():
         for node in nodes:
-            if node.kind in (KIND_SERVER, KIND_CONSUMER):
+            if node.kind in ENTRY_KINDS:
                 first_requests.saw(node.service, node.start_ns)
     trees = sorted(
         (TraceTree(trace_id, nodes, first_requests) for trace_id, nodes in traces.items()),

@@ -19,6 +19,8 @@ KIND_SERVER = 2
 KIND_CLIENT = 3
 KIND_PRODUCER = 4
 KIND_CONSUMER = 5
+# Where a service is entered: a request, a message consumed.
+ENTRY_KINDS = (KIND_SERVER, KIND_CONSUMER)
 MISSING_SPAN_NAME = "(missing parent span)"
 _LAZY_FIELDS = frozenset(
     (
@@ -45,7 +47,7 @@ def starts_request(has_parent: bool, kind: int) -> bool:
     """Whether a span is a request the trend and error-rate monitors count: a server/consumer span
     (a service's entry), or a trace's root other than a bare call (a job, a script's span). A
     query or call with no parent (start-up DDL, a poller) is no request."""
-    if kind in (KIND_SERVER, KIND_CONSUMER):
+    if kind in ENTRY_KINDS:
         return True
     return not has_parent and kind not in (KIND_CLIENT, KIND_PRODUCER)
 
@@ -367,11 +369,7 @@ class TraceTree:
             entries: dict[int, SpanNode] = {}
             for each in self.walk():
                 parent = each.parent
-                if (
-                    parent is None
-                    or each.kind in (KIND_SERVER, KIND_CONSUMER)
-                    or each.service != parent.service
-                ):
+                if parent is None or each.kind in ENTRY_KINDS or each.service != parent.service:
                     entries[each.span_id] = each
                 else:
                     entries[each.span_id] = entries[parent.span_id]
@@ -404,7 +402,7 @@ class TraceTree:
             return False
         if entry.parent_id is None or entry.parent is not None:
             return True
-        return entry.kind in (KIND_SERVER, KIND_CONSUMER)
+        return entry.kind in ENTRY_KINDS
 
     def end_ns(self) -> int:
         """When the trace ended (the latest span end); computed once."""

@@ -31,13 +31,12 @@ from otel_perf.processors.monitors import Watcher
 from otel_perf.processors.monitors.resources import samples_from_metrics
 from otel_perf.processors.monitors.spanmetrics import SpanMetricsReader
 from otel_perf.processors.sources import PROTO, ProtoSpan, spans_from_proto
-from otel_perf.processors.tree import KIND_CONSUMER, KIND_SERVER, FirstRequests, TraceTree, starts_request
+from otel_perf.processors.tree import ENTRY_KINDS, FirstRequests, TraceTree, starts_request
 
 logger = logging.getLogger("otel_perf.analyzer")
 
 # Why a request passed through unanalysed (`PipelineStats.unanalysed`), beside the engine's bounds.
 NOT_ANALYSING = "not_analysing"
-_REQUEST_KINDS = (KIND_SERVER, KIND_CONSUMER)
 _STATUS_ERROR = 2  # OTLP Status.STATUS_CODE_ERROR
 
 
@@ -172,7 +171,7 @@ class AnalysisPipeline:
         saw = self._first_requests.saw
         for spans in traces.values():
             for span, service, _, _ in spans:
-                if span.kind in _REQUEST_KINDS:
+                if span.kind in ENTRY_KINDS:
                     saw(service, span.start_time_unix_nano)
 
     def _watch(self, traces: dict[int, list[ProtoSpan]]) -> None:
