@@ -103,8 +103,8 @@ def collector_side(samples: int) -> list[float]:
             payloads = requests(samples, traces_per_request=1, n_plus_one_share=1.0, seed=11)
             for payload in payloads:
                 seen = len(alerts.read_text().splitlines()) if alerts.exists() else 0
+                accepted = time.perf_counter()  # the reply waits for analysis: time from the send
                 export(payload, timeout=10)
-                accepted = time.perf_counter()
                 while not alerts.exists() or len(alerts.read_text().splitlines()) <= seen:
                     time.sleep(0.002)
                 latencies.append((time.perf_counter() - accepted) * 1000)

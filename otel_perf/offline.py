@@ -7,6 +7,8 @@ of last week's export gives the alerts last week's traffic would have given.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import IO
 
@@ -15,7 +17,7 @@ from otel_perf.alerting.router import AlertRouter
 from otel_perf.processors import semconv
 from otel_perf.processors.analysis import analyze_tree, build_detectors
 from otel_perf.processors.errors import OtlpFormatError
-from otel_perf.processors.findings import DiscardFindings, Finding
+from otel_perf.processors.findings import DiscardFindings, Finding, iso_time
 from otel_perf.processors.monitors import Watcher, build_watcher
 from otel_perf.processors.sources import read_json_lines
 from otel_perf.processors.tree import (
@@ -26,6 +28,8 @@ from otel_perf.processors.tree import (
     starts_request,
 )
 from otel_perf.settings import Settings
+
+logger = logging.getLogger("otel_perf.offline")
 
 
 def read_traces(
@@ -58,13 +62,27 @@ def analyze_traces(
     """Alerts in trace end-time order, the monitors' (trends, error rates) as their windows close;
     with `dedup`, routed (cooldown, rate limit) like live ones."""
     detectors = build_detectors(settings.detectors)
-    router = AlertRouter(settings.router, replay=True)
+    # The replay's clock is the spans' time, within the bulk of the input (see `replay_bounds`).
+    max_gap_ns = int(settings.monitor.history_days * 86400e9)
+    ends = {trace_id: max((node.end_ns for node in nodes), default=0) for trace_id, nodes in traces.items()}
+    low, high = replay_bounds(ends.values(), max_gap_ns)
+    outside = {trace_id for trace_id, end in ends.items() if not low <= end <= high}
+    if outside:
+        logger.warning(
+            "otel-perf: %d trace(s) dated far from the rest of the input (%s to %s; more than "
+            "%g days away) were analysed, but not counted in trends, and alerted as of that span's edge",
+            len(outside),
+            iso_time(low),
+            iso_time(high),
+            settings.monitor.history_days,
+        )
+    router = AlertRouter(settings.router, replay=True, replay_bounds=(low, high))
     watched = _Collected()
     watcher = build_watcher(settings.monitor, settings.monitors, findings=watched, replay=True)
     first_requests = FirstRequests()
-    for nodes in traces.values():
+    for trace_id, nodes in traces.items():
         for node in nodes:
-            if node.kind in ENTRY_KINDS:
+            if node.kind in ENTRY_KINDS and trace_id not in outside and node.start_ns >= low - max_gap_ns:
                 first_requests.saw(node.service, node.start_ns)
     trees = sorted(
         (TraceTree(trace_id, nodes, first_requests) for trace_id, nodes in traces.items()),
@@ -72,7 +90,7 @@ def analyze_traces(
     )
     for tree in trees:
         findings = analyze_tree(tree, detectors, source="offline")
-        if watcher is not None:
+        if watcher is not None and tree.trace_id not in outside:
             _watch(watcher, tree)
             watcher.advance()
             findings.extend(watched.take())
@@ -80,6 +98,30 @@ def analyze_traces(
     if watcher is not None:
         watcher.finish()
         yield from _route(watched.take(), router, dedup)
+
+
+def replay_bounds(times: Iterable[int], max_gap_ns: int, now_ns: int | None = None) -> tuple[int, int]:
+    """The time a replay runs over: the run of `times` around their median with no gap longer than
+    `max_gap_ns` (the monitors' history: older windows are forgotten anyway). A trace dated beyond
+    it (2200, or 0, among last week's) is far outside the input's bulk: as the replay's clock, it
+    would close every window at once and hold cooldowns and the hourly limit for ever. Times no
+    export can carry (before 2000, or later than `now_ns` by over an hour) never make the bulk,
+    however few the others are."""
+    latest = (time.time_ns() if now_ns is None else now_ns) + _FUTURE_SLACK_NS
+    every = sorted(times)
+    ordered = [moment for moment in every if _EARLIEST_NS <= moment <= latest] or every
+    if not ordered:
+        return 0, 0
+    first = last = len(ordered) // 2
+    while first > 0 and ordered[first] - ordered[first - 1] <= max_gap_ns:
+        first -= 1
+    while last < len(ordered) - 1 and ordered[last + 1] - ordered[last] <= max_gap_ns:
+        last += 1
+    return ordered[first], ordered[last]
+
+
+_EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: earlier is an unset or broken clock
+_FUTURE_SLACK_NS = 3600 * 10**9
 
 
 def _watch(watcher: Watcher, tree: TraceTree) -> None:

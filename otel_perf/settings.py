@@ -149,7 +149,15 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
     ]
 
 
+_warned: set[str] = set()  # unknown names this process already warned about
+
+
 def warn_about_unknown_variables(environ: Mapping[str, str]) -> None:
+    """One warning line per unknown `OTEL_PERF_*` name, with the closest setting: once per process
+    and name (several composition roots may run in one process)."""
     for name, suggestion in unknown_variables(environ):
+        if name in _warned:
+            continue
+        _warned.add(name)
         hint = f"; did you mean {suggestion}?" if suggestion else ""
         logger.warning("otel-perf: %s is not a setting otel-perf knows, so it has no effect%s", name, hint)

@@ -2,20 +2,33 @@
 
 Each detector keeps its settings beside its code (a `Section` subclass with its own env prefix);
 `otel_perf.settings.Settings` composes them into the one object built at startup and passed down.
-A bad value never stops the host app: it is reported in one line naming the variable, and that
-field falls back to its default.
+A bad value never stops the host app: it is reported in one line naming the variable and what it
+expects, and that field falls back to its default (`otel-perf` commands, strict, stop on it
+instead). An empty value is no value (the default), as OpenTelemetry's own variables have it.
+Numbers are finite and bounded by what their unit can mean (`_s`, `_ms`, `_days`): a duration of
+1e300 s would otherwise pass here and break a timer or a state file later, far from its variable.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from fnmatch import translate
 from typing import Annotated, Any, ClassVar, TypeVar
 
-from pydantic import Field, PrivateAttr, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 from otel_perf.processors.errors import SettingsError
 
@@ -23,11 +36,46 @@ logger = logging.getLogger("otel_perf.settings")
 
 SectionT = TypeVar("SectionT", bound="Section")
 
+# The largest value a number of each unit may take (by the field name's suffix): far beyond any
+# sensible setting, and small enough that it still fits a timer and nanoseconds in 64 bits.
+_TEN_YEARS_S = 10 * 365 * 86400
+MAGNITUDE_LIMITS: tuple[tuple[str, float, str], ...] = (
+    ("_days", 3650, "3650 days (10 years)"),
+    ("_ms", _TEN_YEARS_S * 1000, f"{_TEN_YEARS_S * 1000} ms (10 years)"),
+    ("_s", _TEN_YEARS_S, f"{_TEN_YEARS_S} s (10 years)"),
+)
+MAX_NUMBER = 2**53  # any other number (counts, bytes): beyond it, no bound a float can still tell apart
+_SHOWN_CHARS = 120  # of a bad value in its log line
+
+
+def magnitude_limit(field: str) -> tuple[float, str]:
+    """(largest value, in words) a number named `field` may take."""
+    for suffix, limit, words in MAGNITUDE_LIMITS:
+        if field.endswith(suffix):
+            return limit, words
+    return MAX_NUMBER, "2**53"
+
+
+def check_magnitude(field: str, value: Any) -> Any:
+    """`value` when it is no number or within `magnitude_limit(field)`; a ValueError otherwise."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        limit, words = magnitude_limit(field)
+        if abs(value) > limit:
+            raise ValueError(f"must be at most {words}")
+    return value
+
 
 class Section(BaseSettings):
     """Settings read from environment variables `<env_prefix><FIELD>` (case-insensitive)."""
 
-    model_config = SettingsConfigDict(env_prefix="OTEL_PERF_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="OTEL_PERF_", extra="ignore", frozen=True, env_ignore_empty=True, allow_inf_nan=False
+    )
+
+    @field_validator("*")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        return check_magnitude(info.field_name or "", value)
 
     @classmethod
     def env_name(cls, field: str) -> str:
@@ -35,42 +83,80 @@ class Section(BaseSettings):
 
     @classmethod
     def load(cls: type[SectionT], *, strict: bool = False, **overrides: Any) -> SectionT:
-        """Read the section from the environment. Invalid values are logged and replaced by their
-        defaults, unless `strict` (then the first one raises `SettingsError`)."""
+        """Read the section from the environment. Invalid values are logged (one line each) and
+        replaced by their defaults, unless `strict` (then they raise one `SettingsError`). Never
+        raises otherwise: a section that still can't be built is its defaults."""
         try:
             return cls(**overrides)
-        except ValidationError as error:
+        except (ValidationError, SourceError) as error:
             problems = describe_errors(cls, error)
-            if strict:
-                raise SettingsError("; ".join(message for _, message in problems)) from None
-            fallback = dict(overrides)
-            for field, message in problems:
-                logger.error("otel-perf: %s; using the default", message)
-                if field in cls.model_fields:
-                    fallback[field] = cls.model_fields[field].get_default(call_default_factory=True)
+        if strict:
+            raise SettingsError("; ".join(message for _, message in problems))
+        fallback = dict(overrides)
+        for field, message in problems:
+            logger.error("otel-perf: %s; using the default", message)
+            if field in cls.model_fields:
+                fallback[field] = cls.model_fields[field].get_default(call_default_factory=True)
+        try:
             return cls(**fallback)
+        except (ValidationError, SourceError) as error:  # e.g. the source itself failed
+            logger.error(
+                "otel-perf: %s*: %s; using the defaults of them all",
+                cls.model_config.get("env_prefix", ""),
+                "; ".join(message for _, message in describe_errors(cls, error)),
+            )
+            defaults = {
+                name: info.get_default(call_default_factory=True) for name, info in cls.model_fields.items()
+            }
+            return cls(**{**defaults, **overrides})  # values given outright: no variable is read
 
 
-def describe_errors(section: type[Section], error: ValidationError) -> list[tuple[str, str]]:
-    """(field, one-line message naming the environment variable) for each invalid value.
+def _shown(section: type[Section], field: str, value: object) -> str:
+    """The value as the user wrote it (a secret never), cut to fit one line."""
+    if field in section.model_fields and "SecretStr" in str(section.model_fields[field].annotation):
+        return "'***'"  # a webhook URL embeds its token: never in a log line
+    text = repr(value) if isinstance(value, (str, int, float)) else repr(str(value))
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 4] + "…" + text[-1]
 
-    (JSON-valued fields are declared `NoDecode` and parsed by a validator, so that a JSON typo is a
-    validation error here too, not an exception from the settings source.)"""
+
+def describe_errors(section: type[Section], error: Exception) -> list[tuple[str, str]]:
+    """(field, one-line message naming the environment variable, its value and what it expects) for
+    each invalid value.
+
+    The value shown is the variable's own (not the part of it that failed: `{"a": 3}` rather than
+    `3`), and where in it the problem is comes first in the message. (JSON-valued fields are declared
+    `NoDecode` and parsed by a validator, so that a JSON typo is a validation error here too.)"""
+    if not isinstance(error, ValidationError):
+        return [("", f"{section.model_config.get('env_prefix', '')}*: {error}")]
+    raw = _raw_values(section)
     problems = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else ""
-        value = item.get("input")
-        shown = value if isinstance(value, (str, int, float)) else type(value).__name__
-        if field in section.model_fields and "SecretStr" in str(section.model_fields[field].annotation):
-            shown = "***"  # a webhook URL embeds its token: never in a log line
-        problems.append((field, f"{section.env_name(field)}={shown!r} is invalid: {item['msg']}"))
+        loc = item["loc"]
+        field = str(loc[0]) if loc else ""
+        value = raw.get(field, item.get("input"))
+        message = str(item["msg"]).removeprefix("Value error, ")
+        inner = ".".join(str(part) for part in loc[1:])
+        where = f"at {inner}: " if inner else ""
+        text = f"{section.env_name(field)}={_shown(section, field, value)} is invalid: {where}{message}"
+        problems.append((field, " ".join(text.split())))  # one line, whatever the value held
     return problems
+
+
+def _raw_values(section: type[Section]) -> dict[str, str]:
+    """The section's variables as set in the environment, by field (what the user wrote)."""
+    names = {section.env_name(field): field for field in section.model_fields}
+    return {names[name.upper()]: value for name, value in os.environ.items() if name.upper() in names}
 
 
 def json_setting(cls: type, value: object) -> object:
     """A JSON-valued setting from the environment (fields declared `NoDecode`), parsed in a validator
     so that a typo is a validation error naming the variable, not an exception from the source."""
-    return json.loads(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except ValueError as error:
+        raise ValueError(f"expected JSON ({error})") from None
 
 
 SCOPE_FIELDS = ("operation", "service")  # most specific first
@@ -119,9 +205,15 @@ class ScopedSection(Section):
         for name, raw in values.items():
             field = cls.model_fields[name]
             try:
-                validated[name] = TypeAdapter(field.rebuild_annotation()).validate_python(raw)
-            except ValidationError as error:
-                problem = "; ".join(item["msg"] for item in error.errors())
+                validated[name] = check_magnitude(
+                    name, TypeAdapter(field.rebuild_annotation(), config=_FINITE).validate_python(raw)
+                )
+            except (ValidationError, ValueError) as error:
+                problem = (
+                    "; ".join(item["msg"] for item in error.errors())
+                    if isinstance(error, ValidationError)
+                    else str(error)
+                )
                 raise ValueError(f"scope {key!r}: {name}: {problem}") from None
         return validated
 
@@ -168,4 +260,5 @@ class ScopedSection(Section):
 
 
 ScopedT = TypeVar("ScopedT", bound=ScopedSection)
+_FINITE = ConfigDict(allow_inf_nan=False)
 _MAX_RESOLVED = 4096  # (service, operation) pairs remembered; beyond that, resolved each time

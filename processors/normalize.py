@@ -3,7 +3,9 @@
 Two statements that differ only in their literals are the same query in a loop; the template is
 also what leaves the process in alerts, so it must never carry a literal (a password in a WHERE
 clause, a token in a query string). Both functions are cached per distinct input: ORM statements
-repeat verbatim, so the regexes run once per statement, not once per span.
+repeat verbatim, so the regexes run once per statement, not once per span. The caches are bounded
+in bytes, not in entries (`CACHES`): a process fed huge statements or URLs (a 5 MB bulk INSERT, a
+hostile sender) keeps a few MiB of them, not thousands of times their size.
 
 Hand-written because no maintained library does literal-stripping that is both dialect-agnostic
 and fast enough for the span path (sqlparse tokenises the whole statement, ~100x slower).
@@ -13,7 +15,11 @@ from __future__ import annotations
 
 import re
 import string
-from functools import lru_cache
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable
+from functools import lru_cache, partial, wraps
 from itertools import zip_longest
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -123,6 +129,7 @@ _NAME_CHAR = frozenset(string.ascii_letters + string.digits + '_$"`]')
 _COMMENT_MARK = re.compile(r"/\*|\*/")
 
 _MAX_STATEMENT_CHARS = 2000
+_SQL_READ_CHARS = _MAX_STATEMENT_CHARS * 4  # what is read of a statement; the rest never matters
 
 Region = tuple[int, int, bool]  # start, end, whether it is only a comment
 
@@ -208,13 +215,17 @@ def _union(variants: list[list[Region]]) -> list[Region]:
     return merged
 
 
-@lru_cache(maxsize=8192)
-def normalize_sql(statement: str, db_system: str | None = None) -> str:
-    """`SELECT * FROM t WHERE id = 42 AND x IN (1,2,3)` → `SELECT * FROM t WHERE id = ? AND x IN (?)`.
+def _dialect_of(db_system: str | None) -> _Dialect:
+    return _DIALECTS.get(db_system.lower(), _UNKNOWN) if db_system else _UNKNOWN
 
-    `db_system` (the span's `db.system`/`db.system.name`) selects the dialect's quoting rules."""
-    text = statement[: _MAX_STATEMENT_CHARS * 4]
-    dialect = _DIALECTS.get(db_system.lower(), _UNKNOWN) if db_system else _UNKNOWN
+
+def _normalize_sql(statement: str, db_system: str | None = None) -> str:
+    """`normalize_sql` without its cache."""
+    return _sql_template(statement, _dialect_of(db_system))
+
+
+def _sql_template(statement: str, dialect: _Dialect) -> str:
+    text = statement[:_SQL_READ_CHARS]
     escapes = (False, True) if "\\" in text else (False,)
     nesting = (False, True) if text.count("/*") > 1 else (False,)
     variants = []
@@ -278,8 +289,7 @@ def _is_route_word(segment: str) -> bool:
     )
 
 
-@lru_cache(maxsize=4096)  # route words repeat across URLs that differ in their ids
-def _template_segment(segment: str) -> str:
+def _segment_template(segment: str) -> str:
     # Path parameters (`cart;jsessionid=…`) carry session tokens: keep the name only.
     segment = segment.split(";", 1)[0]
     if not segment or _is_route_word(segment):
@@ -296,13 +306,8 @@ def _template_query_key(key: str) -> str:
     return "{id}"
 
 
-@lru_cache(maxsize=8192)
-def url_template(url: str) -> str:
-    """`https://u:p@api.x/orders/42/items?token=abc` → `https://api.x/orders/{id}/items?token=`.
-
-    Drops credentials, fragment and every query value; keeps only path segments that read as the
-    route's own words (`orders`, `order-lines`, `v2`) and replaces the rest, ids and tokens, by {id}.
-    """
+def _url_template(url: str) -> str:
+    """`url_template` without its cache."""
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -349,13 +354,8 @@ def _cache_key_template(key: str) -> str:
     return ":".join(part if _is_route_word(part) else "?" for part in key.split(":"))
 
 
-@lru_cache(maxsize=4096)
-def cache_command_template(command: str) -> str:
-    """`GET authors:1` → `GET authors:?`; `SET session:9f8a… <value>` → `SET session:? ?`.
-
-    A cache key is not SQL (`:1` is a value, not a named parameter) and its values never leave:
-    only the command and the words of its keys are kept; an already sanitised `GET ?` stays as is.
-    """
+def _cache_command_template(command: str) -> str:
+    """`cache_command_template` without its cache."""
     parts = command.split()
     if not parts:
         return command
@@ -369,3 +369,141 @@ def cache_command_template(command: str) -> str:
     if len(parts) > 1 + len(keys):
         templates.append("?")  # the values
     return " ".join([name, *templates])
+
+
+# --- caches bounded in bytes -------------------------------------------------------------------
+#
+# A hit is one dict look-up in C, no lock: as fast as `functools.lru_cache`, which these replace
+# because it bounds entries, not bytes (8192 entries of 5 MB statements kept 200 MB alive for 40).
+# Entries leave in the order they came (not by recency, which would cost a lock and a re-ordering on
+# every hit): a hot statement evicted is computed once more, ~8 µs, once per turn of the budget.
+
+_ENTRY_OVERHEAD = 160  # bytes per entry besides its strings: the dict slot (and spare room), the order queue
+
+
+def _entry_bytes(key: str, value: str) -> int:
+    return sys.getsizeof(key) + (0 if value is key else sys.getsizeof(value)) + _ENTRY_OVERHEAD
+
+
+class _Budget:
+    """A byte bound on one or more memos; the oldest entries go first."""
+
+    __slots__ = ("_lock", "_order", "currsize", "maxsize")
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize  # bytes
+        self.currsize = 0  # bytes held now: keys, values and `_ENTRY_OVERHEAD` each
+        self._lock = threading.Lock()
+        self._order: deque[tuple[_Memo, str]] = deque()
+
+    def add(self, memo: _Memo, key: str, value: str) -> None:
+        size = _entry_bytes(key, value)
+        with self._lock:
+            if key in memo:  # another thread computed it meanwhile
+                return
+            dict.__setitem__(memo, key, value)
+            self._order.append((memo, key))
+            self.currsize += size
+            while self.currsize > self.maxsize:
+                old_memo, old_key = self._order.popleft()
+                self.currsize -= _entry_bytes(old_key, dict.pop(old_memo, old_key))
+
+    def clear(self) -> None:
+        with self._lock:
+            for memo, key in self._order:
+                dict.pop(memo, key, None)
+            self._order.clear()
+            self.currsize = 0
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+
+class _Memo(dict[str, str]):
+    """Results by input, within a `_Budget`. Inputs longer than `max_chars` are not kept: with
+    `by_prefix` (the result depends only on the first `max_chars`), their prefix is; otherwise they
+    are computed each time."""
+
+    __slots__ = ("_budget", "_by_prefix", "_compute", "_max_chars")
+
+    def __init__(
+        self, compute: Callable[[str], str], budget: _Budget, max_chars: int, *, by_prefix: bool = False
+    ) -> None:
+        super().__init__()
+        self._compute = compute
+        self._budget = budget
+        self._max_chars = max_chars
+        self._by_prefix = by_prefix
+
+    def __missing__(self, key: str) -> str:
+        if len(key) > self._max_chars:
+            return self[key[: self._max_chars]] if self._by_prefix else self._compute(key)
+        value = self._compute(key)
+        self._budget.add(self, key, value)
+        return value
+
+
+_MAX_DB_SYSTEMS = 64  # distinct `db.system` values remembered (any number are read correctly)
+
+
+class _SqlMemos(dict[str | None, _Memo]):
+    """The SQL memo for each `db_system` value: one memo per dialect, the values that name it
+    remembered (a few: the databases an app talks to) so that a hit does not lower-case it again."""
+
+    __slots__ = ("_by_dialect",)
+
+    def __init__(self, budget: _Budget) -> None:
+        super().__init__()
+        self._by_dialect = {
+            dialect: _Memo(partial(_sql_template, dialect=dialect), budget, _SQL_READ_CHARS, by_prefix=True)
+            for dialect in {_UNKNOWN, *_DIALECTS.values()}
+        }
+
+    def __missing__(self, db_system: str | None) -> _Memo:
+        memo = self._by_dialect[_dialect_of(db_system)]
+        if len(self) < _MAX_DB_SYSTEMS:
+            self[db_system] = memo
+        return memo
+
+
+# Name → budget, for tests and benchmarks (`currsize`, `maxsize` in bytes; `clear()`).
+CACHES = {
+    "sql": _Budget(16 * 1024 * 1024),
+    "url": _Budget(4 * 1024 * 1024),
+    "url_segment": _Budget(1024 * 1024),
+    "cache_command": _Budget(4 * 1024 * 1024),
+}
+_SQL = _SqlMemos(CACHES["sql"])
+_URLS = _Memo(_url_template, CACHES["url"], 16 * 1024)
+# Route words repeat across URLs that differ in their ids; a segment longer than a word is an {id}.
+_template_segment = _Memo(_segment_template, CACHES["url_segment"], 256).__getitem__
+_CACHE_COMMANDS = _Memo(_cache_command_template, CACHES["cache_command"], 16 * 1024)
+
+
+@wraps(_normalize_sql, assigned=())
+def normalize_sql(statement: str, db_system: str | None = None) -> str:
+    """`SELECT * FROM t WHERE id = 42 AND x IN (1,2,3)` → `SELECT * FROM t WHERE id = ? AND x IN (?)`.
+
+    `db_system` (the span's `db.system`/`db.system.name`) selects the dialect's quoting rules.
+    Cached (`__wrapped__`: uncached); only the first 8000 characters are read, and kept."""
+    return _SQL[db_system][statement]
+
+
+@wraps(_url_template, assigned=())
+def url_template(url: str) -> str:
+    """`https://u:p@api.x/orders/42/items?token=abc` → `https://api.x/orders/{id}/items?token=`.
+
+    Drops credentials, fragment and every query value; keeps only path segments that read as the
+    route's own words (`orders`, `order-lines`, `v2`) and replaces the rest, ids and tokens, by {id}.
+    """
+    return _URLS[url]
+
+
+@wraps(_cache_command_template, assigned=())
+def cache_command_template(command: str) -> str:
+    """`GET authors:1` → `GET authors:?`; `SET session:9f8a… <value>` → `SET session:? ?`.
+
+    A cache key is not SQL (`:1` is a value, not a named parameter) and its values never leave:
+    only the command and the words of its keys are kept; an already sanitised `GET ?` stays as is.
+    """
+    return _CACHE_COMMANDS[command]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from typing import Any, TypeVar
 
 from google.protobuf.json_format import ParseDict, ParseError
@@ -20,17 +21,42 @@ from otel_perf.processors.errors import OtlpFormatError
 MessageT = TypeVar("MessageT", bound=Message)
 
 _ID_HEX_LENGTHS = {"traceId": 32, "spanId": 16, "parentSpanId": 16}
+# Deeper JSON is no OTLP request: protobuf stops at 100 nested messages, and an AnyValue level is
+# three JSON levels (`{"arrayValue": {"values": [...]}}`). Checked before Python's own recursion
+# limit is near (json.loads parses ~1,000 levels; `_ids_to_base64` must not reach that).
+_MAX_JSON_DEPTH = 320
+# Error messages go back to the sender and into `otel-perf analyze` output: the protobuf JSON
+# parser repeats "Failed to parse values field: " once per level of nesting.
+_MAX_MESSAGE = 300
+
+
+_REPEATED = re.compile(r"(Failed to parse \w+ field: )\1+")
+
+
+def _brief(text: str) -> str:
+    text = _REPEATED.sub(r"\1… ", text)
+    return text if len(text) <= _MAX_MESSAGE else f"{text[:_MAX_MESSAGE]}…"
 
 
 def decode_protobuf(payload: bytes, message: MessageT) -> MessageT:
+    """Parse `payload`, keeping only the fields this version of OTLP knows.
+
+    Unknown fields are dropped, as the collector itself drops them when it decodes: protobuf keeps
+    a known field sent with another wire type (a varint where the span name goes) as an unknown
+    field, and forwarding it made the collector refuse the whole request, for good ("wrong
+    wireType"), while the analyzer retried it and every request behind it waited."""
     try:
         message.ParseFromString(payload)
     except (DecodeError, RuntimeError) as error:
-        raise OtlpFormatError(f"payload is not a valid {message.DESCRIPTOR.name} protobuf: {error}") from None
+        name = message.DESCRIPTOR.name
+        raise OtlpFormatError(_brief(f"payload is not a valid {name} protobuf: {error}")) from None
+    message.DiscardUnknownFields()
     return message
 
 
-def _ids_to_base64(value: Any) -> Any:
+def _ids_to_base64(value: Any, depth: int = 0) -> Any:
+    if depth > _MAX_JSON_DEPTH:
+        raise OtlpFormatError("not a valid OTLP JSON request (nested too deeply)")
     if isinstance(value, dict):
         converted = {}
         for key, item in value.items():
@@ -44,10 +70,10 @@ def _ids_to_base64(value: Any) -> Any:
                 except ValueError:
                     raise OtlpFormatError(f"{key} is not hex: {item[:40]!r}") from None
             else:
-                converted[key] = _ids_to_base64(item)
+                converted[key] = _ids_to_base64(item, depth + 1)
         return converted
     if isinstance(value, list):
-        return [_ids_to_base64(item) for item in value]
+        return [_ids_to_base64(item, depth + 1) for item in value]
     return value
 
 
@@ -56,11 +82,14 @@ def parse_json(payload: bytes | str) -> dict[str, Any]:
     try:
         document = json.loads(payload)
     except json.JSONDecodeError as error:
-        raise OtlpFormatError(f"not JSON ({error.msg} at column {error.colno})") from None
+        what = error.msg.removesuffix(" at")  # "Unterminated string starting at"
+        raise OtlpFormatError(f"not JSON ({what} at column {error.colno})") from None
     except UnicodeDecodeError:
         raise OtlpFormatError("not JSON (not UTF-8)") from None
     except RecursionError:
         raise OtlpFormatError("not JSON (nested too deeply)") from None
+    except ValueError:  # json.loads' only other ValueError: an integer longer than Python reads
+        raise OtlpFormatError("not JSON (a number of more than 4300 digits)") from None
     if not isinstance(document, dict):
         raise OtlpFormatError("not an OTLP JSON object")
     return document
@@ -71,9 +100,12 @@ def message_from_json(document: dict[str, Any], message: MessageT) -> MessageT:
     converted = _ids_to_base64(document)
     try:
         return ParseDict(converted, message, ignore_unknown_fields=True)
-    except (ParseError, binascii.Error, TypeError, ValueError, RecursionError) as error:
+    # What the parser raises on hostile input goes beyond its documented ParseError: TypeError and
+    # ValueError on values of the wrong type, RecursionError, and SystemError from upb on a lone
+    # surrogate ("\ud800") where an enum name goes. Each means this document is no request.
+    except (ParseError, binascii.Error, TypeError, ValueError, RecursionError, SystemError) as error:
         name = message.DESCRIPTOR.name
-        raise OtlpFormatError(f"not a valid OTLP JSON {name}: {error}") from None
+        raise OtlpFormatError(_brief(f"not a valid OTLP JSON {name}: {error}")) from None
 
 
 def decode_json(payload: bytes | str, message: MessageT) -> MessageT:

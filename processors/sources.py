@@ -156,7 +156,8 @@ ProtoSpan = tuple[Span, str, "str | None", str]
 
 def spans_from_proto(request: ExportTraceServiceRequest | TracesData) -> dict[int, list[ProtoSpan]]:
     """The spans of an `ExportTraceServiceRequest` (or `TracesData`) by trace id, validated:
-    ids of the wrong length raise `OtlpFormatError` (the whole request is refused)."""
+    ids of the wrong length, a span's or a link's, raise `OtlpFormatError` (the whole request is
+    refused, as the collector refuses it: forwarded, it was refused for good downstream)."""
     traces: dict[bytes, list[ProtoSpan]] = {}
     for resource_spans in request.resource_spans:
         service, version = _resource_identity(resource_spans.resource.attributes)
@@ -169,11 +170,22 @@ def spans_from_proto(request: ExportTraceServiceRequest | TracesData) -> dict[in
                         f"span {span.name!r}: trace_id must be 16 bytes, span_id and parent_span_id 8, "
                         f"got {len(trace_id)}, {len(span_id)} and {len(parent_id)}"
                     )
+                if span.links:
+                    _check_links(span)
                 spans = traces.get(trace_id)
                 if spans is None:
                     spans = traces[trace_id] = []
                 spans.append((span, service, version, scope))
     return {int.from_bytes(trace_id, "big"): spans for trace_id, spans in traces.items()}
+
+
+def _check_links(span: Span) -> None:
+    for link in span.links:
+        if len(link.trace_id) not in (0, 16) or len(link.span_id) not in (0, 8):
+            raise OtlpFormatError(
+                f"span {span.name!r}: a link's trace_id must be 16 bytes and its span_id 8, "
+                f"got {len(link.trace_id)} and {len(link.span_id)}"
+            )
 
 
 def _fill_proto(node: SpanNode) -> None:
@@ -316,12 +328,17 @@ PROTO = ProtoAdapter()
 # --- OTLP JSON: through the protobuf path ------------------------------------------------------
 
 
+# What else the collector's file exporter writes, one kind per line.
+_OTHER_SIGNALS = frozenset(("resourceMetrics", "resourceLogs", "resourceProfiles"))
+
+
 def read_json_lines(
     lines: Iterable[str], on_error: Callable[[OtlpFormatError], None] | None = None
 ) -> Iterator[tuple[int, SpanNode]]:
     """Nodes from OTLP JSON lines (one `TracesData` per line, as the collector's file exporter writes;
-    blank lines and lines without `resourceSpans`, e.g. metrics or logs from the same exporter, are
-    skipped). Each line is decoded exactly as the analyzer decodes an OTLP/JSON request.
+    blank lines and metrics or logs from the same exporter are skipped; a JSON object that is no
+    OTLP at all is a malformed line). Each line is decoded exactly as the analyzer decodes an
+    OTLP/JSON request.
 
     A malformed line raises `OtlpFormatError` naming its line number, or, with `on_error`, is
     reported there and skipped so the rest of the file is still read.
@@ -333,6 +350,8 @@ def read_json_lines(
         try:
             document = parse_json(text)
             if "resourceSpans" not in document:
+                if _OTHER_SIGNALS.isdisjoint(document):  # not something the exporter writes
+                    raise OtlpFormatError("not OTLP (no resourceSpans, resourceMetrics nor resourceLogs)")
                 continue
             # Materialise the line first: a bad span must not leave half a line behind.
             nodes = list(nodes_from_proto(message_from_json(document, TracesData())))

@@ -62,14 +62,24 @@ class FirstRequests:
     """When each service's first request started, as far as a host has seen: a bare query or call
     (a trace whose root is a client span) that started before it is start-up work (`startup`), one
     after it background work (`background`). Findings are filed under those, not under a span name
-    (`CREATE ./shop.db`) as if it were a route. Written from the hosts' span paths: a dict store."""
+    (`CREATE ./shop.db`) as if it were a route. Written from the hosts' span paths: a dict store.
 
-    __slots__ = ("_first",)
+    `bound` maps a span time to the time it counts at. The analyzer, receiving other processes'
+    spans, bounds them by its receive time (`within_skew`): a sender with a wrong clock (a request
+    dated 1970) can't date a service's first request so early that all its later start-up work
+    passes for background work."""
 
-    def __init__(self) -> None:
+    __slots__ = ("_bound", "_first")
+
+    def __init__(self, bound: Callable[[int], int] | None = None) -> None:
         self._first: dict[str, int] = {}
+        self._bound = bound
+
+    def _bounded(self, time_ns: int) -> int:
+        return time_ns if self._bound is None else self._bound(time_ns)
 
     def saw(self, service: str, start_ns: int) -> None:
+        start_ns = self._bounded(start_ns)
         first = self._first.get(service)
         if first is None:
             if len(self._first) < _MAX_SERVICES:
@@ -79,7 +89,19 @@ class FirstRequests:
 
     def operation(self, service: str, start_ns: int) -> str:
         first = self._first.get(service)
-        return STARTUP if first is None or start_ns < first else BACKGROUND
+        return STARTUP if first is None or self._bounded(start_ns) < first else BACKGROUND
+
+
+def within_skew(clock: Callable[[], int], max_skew_s: float) -> Callable[[int], int]:
+    """A span time as a live host counts it: itself within `max_skew_s` of `clock`, the clock's
+    bound beyond (the rule the router and the watcher follow too)."""
+    skew = int(max_skew_s * 1e9)
+
+    def bound(time_ns: int) -> int:
+        now = clock()
+        return min(max(time_ns, now - skew), now + skew)
+
+    return bound
 
 
 KIND_NAMES = {0: "unspecified", 1: "internal", 2: "server", 3: "client", 4: "producer", 5: "consumer"}

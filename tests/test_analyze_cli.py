@@ -149,8 +149,8 @@ def test_analyze_and_the_analyzer_agree_on_the_same_file(tmp_path: Path) -> None
 
     import httpx
 
-    from benchmarks.processes import analyzer
-    from tests.support.apps import free_port, wait_until
+    from benchmarks.processes import analyzer, sink_collector
+    from tests.support.apps import wait_until
 
     now = time.time_ns()
     path = _export_file(tmp_path, [now - 60 * 10**9, now - 30 * 10**9])
@@ -158,7 +158,18 @@ def test_analyze_and_the_analyzer_agree_on_the_same_file(tmp_path: Path) -> None
     assert {alert["type"] for alert in offline} == {"n_plus_one", "slow_span"}
 
     alerts_file = tmp_path / "analyzer-alerts.jsonl"
-    with analyzer(tmp_path, free_port(), OTEL_PERF_ALERTS_OTLP="false") as (_, http_port, _process):
+    # A collector to forward to: a request is answered once it is there, and the analyzer's stop
+    # does not spend its delivery timeout on a dead port.
+    with (
+        sink_collector(tmp_path) as (sink_port, _),
+        analyzer(
+            tmp_path,
+            sink_port,
+            OTEL_PERF_ALERTS_OTLP="false",
+            OTEL_PERF_ALERTS_OUTBOX_PATH=str(tmp_path / "outbox.sqlite3"),
+            OTEL_PERF_MONITOR_STATE_PATH=str(tmp_path / "monitors.sqlite3"),
+        ) as (_, http_port, _process),
+    ):
         for line in path.read_text().splitlines():
             response = httpx.post(
                 f"http://127.0.0.1:{http_port}/v1/traces",
@@ -183,26 +194,96 @@ def test_analyze_and_the_analyzer_agree_on_the_same_file(tmp_path: Path) -> None
     assert comparable(live) == comparable(offline)
 
 
-def test_analyze_names_every_hostile_line_and_analyses_the_rest(tmp_path: Path) -> None:
-    """Too deep, not UTF-8, absurd timestamps, binary garbage, the wrong JSON shape: each is a
-    named, skipped line (exit 1), never a traceback, and the good lines are still analysed."""
+def _hostile_run(
+    tmp_path: Path, name: str, hostile: list[bytes], last: bytes = b""
+) -> tuple[subprocess.CompletedProcess[str], list[int]]:
+    """`otel-perf analyze` on a file of the two good lines of one N+1 request with `hostile` lines
+    between them (and `last` after them, with no newline: a write cut short): the result and the
+    numbers of the hostile lines."""
     good = _export_file(tmp_path, [BASE_NS]).read_bytes().splitlines()
-    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "x"}
-    hostile = [
-        b"[" * 200_000,  # nested too deeply for any parser
-        '{"resourceSpans": ["caf\xe9"]}'.encode("latin-1"),  # not UTF-8
-        json.dumps(
-            {"resourceSpans": [{"scopeSpans": [{"spans": [{**span, "startTimeUnixNano": "9" * 40}]}]}]}
-        ).encode(),  # a timestamp no clock has
-        bytes(b for b in range(256) if b not in b"\r\n") * 4,  # binary, one line
-        b'{"resourceSpans": {"not": "a list"}}',
-    ]
-    path = tmp_path / "hostile.jsonl"
-    path.write_bytes(b"\n".join([good[0], *hostile, good[1]]) + b"\n")
-    result = _analyze(str(path))
+    lines = [good[0], *hostile, good[1]] + ([last] if last else [])
+    path = tmp_path / name
+    path.write_bytes(b"\n".join(lines) + (b"" if last else b"\n"))
+    numbers = [*range(2, 2 + len(hostile))] + ([len(lines)] if last else [])
+    return _analyze(str(path)), numbers
+
+
+def _assert_named_once_and_the_rest_analysed(
+    result: subprocess.CompletedProcess[str], numbers: list[int]
+) -> None:
     assert result.returncode == 1, result.stderr
-    assert "Traceback" not in result.stderr
-    for number in range(2, 2 + len(hostile)):
-        assert f"line {number}:" in result.stderr, (number, result.stderr)
-    assert f"{len(hostile)} malformed line(s) skipped" in result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    for number in numbers:
+        assert result.stderr.count(f"line {number}:") == 1, (number, result.stderr)
+    assert f"{len(numbers)} malformed line(s) skipped" in result.stderr
     assert {alert["type"] for alert in _alerts(result.stdout)} == {"n_plus_one", "slow_span"}
+
+
+SPAN = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "x"}
+
+
+def _line(**fields: object) -> bytes:
+    return json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [{**SPAN, **fields}]}]}]}).encode()
+
+
+def test_analyze_names_every_hostile_line_and_analyses_the_rest(tmp_path: Path) -> None:
+    """Too deep, not UTF-8, absurd timestamps, binary garbage, the wrong JSON shape, a last line cut
+    short: each is a named, skipped line (exit 1), never a traceback, and the good lines are still
+    analysed."""
+    result, numbers = _hostile_run(
+        tmp_path,
+        "hostile.jsonl",
+        [
+            b"[" * 200_000,  # nested too deeply for any parser
+            '{"resourceSpans": ["caf\xe9"]}'.encode("latin-1"),  # not UTF-8
+            _line(startTimeUnixNano="9" * 40),  # a timestamp no clock has
+            bytes(b for b in range(256) if b not in b"\r\n") * 4,  # binary, one line
+            b'{"resourceSpans": {"not": "a list"}}',
+            b'{"traces": []}',  # JSON, but no OTLP at all (was skipped without a word)
+            b"[1, 2]",
+        ],
+        last=_line(name="cut")[:40],
+    )
+    _assert_named_once_and_the_rest_analysed(result, numbers)
+    assert "not OTLP" in result.stderr and "not UTF-8" in result.stderr
+
+
+def test_analyze_names_what_stopped_it_with_a_traceback_before(tmp_path: Path) -> None:
+    """Lines the fuzzer found (tests/unit/test_hostile_input.py): JSON nested within what Python
+    parses but past what the id conversion recursed through, a 5,000-digit number, a lone
+    surrogate where an enum goes, and a link with an id of the wrong length (which the analyzer
+    would have forwarded to a collector that refuses it)."""
+    value = '{"arrayValue": {"values": [' * 300 + '{"stringValue": "x"}' + "]}}" * 300
+    deep = _line(attributes=[{"key": "db.statement", "value": "VALUE"}]).replace(b'"VALUE"', value.encode())
+    result, numbers = _hostile_run(
+        tmp_path,
+        "found.jsonl",
+        [
+            deep,
+            _line(kind=1).replace(b'"kind": 1', b'"kind": ' + b"9" * 5000),
+            _line(status={"code": "\ud800"}),
+            _line(links=[{"traceId": "ab" * 15, "spanId": "cd" * 8}]),
+        ],
+    )
+    _assert_named_once_and_the_rest_analysed(result, numbers)
+
+
+def test_a_span_dated_2200_neither_breaks_the_replay_nor_hides_the_rest(tmp_path: Path) -> None:
+    """A line whose times are valid numbers but absurd (year 2200, 1970, end before start) is read,
+    not refused: the replay goes on, the findings of the other lines are all there, and the
+    replay says what it did with the odd trace (its trends are another test's:
+    tests/e2e/test_analyzer_clock.py)."""
+    year_2200 = 7_258_118_400 * 10**9
+    path = _export_file(tmp_path, [BASE_NS, BASE_NS + 3600 * 10**9, BASE_NS + 7200 * 10**9])
+    odd = [
+        _line(kind=2, startTimeUnixNano=str(year_2200), endTimeUnixNano=str(year_2200 + 10**6)),
+        _line(kind=2, spanId="ce" * 8, startTimeUnixNano="0", endTimeUnixNano="1"),
+        _line(kind=2, spanId="cf" * 8, startTimeUnixNano=str(BASE_NS), endTimeUnixNano=str(BASE_NS - 10**9)),
+    ]
+    path.write_bytes(path.read_bytes() + b"\n".join(odd) + b"\n")
+    result = _analyze(str(path))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "dated far from the rest of the input" in result.stderr
+    times = sorted(alert["time"][:13] for alert in _alerts(result.stdout) if alert["type"] == "n_plus_one")
+    assert times == ["2025-01-01T00", "2025-01-01T01", "2025-01-01T02"]

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from benchmarks import analyzer_throughput, detection_latency, request_overhead, scaling, span_overhead
+from benchmarks import (
+    analyzer_memory,
+    analyzer_throughput,
+    detection_latency,
+    request_overhead,
+    scaling,
+    span_overhead,
+)
 
 
 def test_span_overhead_runs() -> None:
@@ -36,3 +43,28 @@ def test_detection_latency_runs() -> None:
     result = detection_latency.main(["--samples", "2"])
     assert result["in_process_p50_ms"] >= result["in_process_grace_ms"]
     assert result["collector_side_p50_ms"] >= result["analyzer_trace_wait_ms"]
+
+
+@pytest.mark.timeout(120)
+def test_analyzer_memory_runs() -> None:
+    result = analyzer_memory.main(
+        [
+            "--spans",
+            "20000",
+            "--settle",
+            "0.5",
+            "--dead-forward-requests",
+            "1",  # with the forward target dead, each reply waits max_ack_wait_s (5 s)
+            "--flood-seconds",
+            "1",
+            "--flood-threads",
+            "2",
+            "--flood-in-flight",
+            "2",
+            "--cache-distinct",
+            "200",
+        ]
+    )
+    assert result["largest"]["answers"] == ["OK"] and result["largest"]["peak_mib"] > 0
+    assert result["dead_forward"]["accepted"] >= 1 and result["flood"]["requests_accepted"] > 0
+    assert result["cache"]["held_after_fill_mib"] < result["cache"]["bound_mib"]

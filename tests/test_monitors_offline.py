@@ -120,6 +120,7 @@ def replays(tmp_path_factory: pytest.TempPathFactory) -> Replays:
     # sealed already, so not judged again).
     kept_home = root / "kept-state"
     state_file = kept_home / "otel-perf" / "monitors.sqlite3"
+    state_file.parent.mkdir(parents=True)  # a given state path's directory is not created for it
     around_release = replace(
         TRAFFIC,
         start_ns=RELEASE_NS - 2 * HOUR_NS,

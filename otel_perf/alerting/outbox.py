@@ -53,8 +53,12 @@ class Outbox:
         retry_for_s: float = 86_400,
         keep_delivered_s: float = 86_400,
         clock: Callable[[], float] = time.time,
+        setting: str = "",
     ) -> None:
+        """`setting`: the variable that named `path` (its directory must exist then, see
+        `open_state`); none for our default path, whose directory is created."""
         self.path = str(path) or MEMORY
+        self._setting = setting
         self.max_pending_bytes = max_pending_bytes
         self.retry_for_s = retry_for_s
         self.keep_delivered_s = keep_delivered_s
@@ -64,9 +68,8 @@ class Outbox:
         self._next_prune = 0.0
 
     def _connect(self) -> sqlite3.Connection:
-        db, self.path = open_state(
-            self.path, _SCHEMA, "alerts not yet delivered are lost if the process stops"
-        )
+        losing = "alerts not yet delivered are lost if the process stops"
+        db, self.path = open_state(self.path, _SCHEMA, losing, setting=self._setting)
         return db
 
     def reopen(self) -> None:

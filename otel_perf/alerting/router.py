@@ -113,12 +113,13 @@ def default_outbox_path() -> str:
 
 def open_outbox(settings: RouterSettings) -> Outbox:
     """The outbox the settings ask for (composition roots; a router built without one keeps its
-    outbox in memory)."""
+    outbox in memory). Our default's directory is created; a path the user gave must have one."""
     return Outbox(
         settings.outbox_path or default_outbox_path(),
         max_pending_bytes=settings.max_pending_bytes,
         retry_for_s=settings.retry_for_s,
         keep_delivered_s=max(settings.cooldown_s, 3600.0),
+        setting="OTEL_PERF_ALERTS_OUTBOX_PATH" if settings.outbox_path else "",
     )
 
 
@@ -129,14 +130,18 @@ class AlertRouter:
         sinks: Sequence[Sink] = (),
         *,
         replay: bool = False,
+        replay_bounds: tuple[int, int] | None = None,
         clock: Callable[[], int] = time.time_ns,
         outbox: Outbox | None = None,
     ) -> None:
         """`replay`: route by span time alone (offline analysis of exported files: there is no
-        receive time); otherwise span time is bounded by the receive time, read from `clock`.
-        `outbox`: where alerts wait for their sinks (`open_outbox`); in memory when not given."""
+        receive time), within `replay_bounds` (the replay's time span: a span dated 2200 or 1970
+        among last week's is routed at its edge); otherwise span time is bounded by the receive
+        time, read from `clock`. `outbox`: where alerts wait for their sinks (`open_outbox`); in
+        memory when not given."""
         self.settings = settings = settings or RouterSettings()
         self._replay = replay
+        self._replay_bounds = replay_bounds
         self._clock = clock
         self.sinks = list(sinks)
         self.stats = RouterStats()
@@ -211,7 +216,12 @@ class AlertRouter:
         return Alert(finding)
 
     def _routing_time(self, span_time_ns: int) -> int:
-        """The time a decision is made at: span time, bounded by the receive time unless replaying."""
+        """The time a decision is made at: span time, bounded by the receive time, or by the
+        replay's bounds when replaying (cooldowns and the hourly limit only ever see times a wrong
+        clock can't push to 2100 or 1970, where they would silence what follows)."""
+        if self._replay and self._replay_bounds is not None:
+            low, high = self._replay_bounds
+            return min(max(span_time_ns or low, low), high)
         if self._replay and span_time_ns:
             return span_time_ns
         received = self._clock()

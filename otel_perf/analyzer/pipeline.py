@@ -5,6 +5,11 @@ leave it towards `tail_sampling` and Jaeger, so every request received is forwar
 with the spans findings flagged annotated in place (`perf.issue`, `perf.issue.fingerprint`).
 A request is forwarded when every trace it carries has been analysed: a trace is analysed
 `trace_wait_ms` after its last span arrived (spans of one trace may come in several requests).
+`ingest` returns the request's `Delivery`, resolved once it is back in the collector: the receivers
+acknowledge the sender only then, so an analyzer killed mid-traffic loses nothing the collector's
+sending queue would not send again. That holds for requests of whole traces (each with its root
+span), which is what the collector's `groupbytrace` sends; a request with part of a trace is
+acknowledged on receipt, since its sender (an SDK's batch exporter) may hold the rest until answered.
 
 Mode `both`: a finding whose spans the app already marked with the same fingerprint was alerted
 in-process; it is not alerted again. Over `max_buffered_spans`, requests pass through
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from otel_perf.alerting.router import AlertRouter
+from otel_perf.analyzer.forwarder import Delivery
 from otel_perf.analyzer.settings import AnalyzerSettings
 from otel_perf.errors import OtlpFormatError, Unavailable
 from otel_perf.processors import semconv
@@ -31,7 +37,7 @@ from otel_perf.processors.monitors import Watcher
 from otel_perf.processors.monitors.resources import samples_from_metrics
 from otel_perf.processors.monitors.spanmetrics import SpanMetricsReader
 from otel_perf.processors.sources import PROTO, ProtoSpan, spans_from_proto
-from otel_perf.processors.tree import ENTRY_KINDS, FirstRequests, TraceTree, starts_request
+from otel_perf.processors.tree import ENTRY_KINDS, FirstRequests, TraceTree, starts_request, within_skew
 
 logger = logging.getLogger("otel_perf.analyzer")
 
@@ -48,7 +54,7 @@ class Forward(Protocol):
 
     def release(self, size: int) -> None: ...
 
-    def put(self, request: Any, size: int) -> bool: ...
+    def put(self, request: Any, size: int, delivery: Delivery | None = None) -> bool: ...
 
 
 @dataclass
@@ -62,12 +68,14 @@ class PipelineStats(EngineStats):
     rejected_bad_request: int = 0
     rejected_unavailable: int = 0
     forward_dropped: int = 0
+    acknowledged_before_forwarding: int = 0
 
 
 @dataclass
 class _Request:
     message: Any
     size: int  # encoded bytes, reserved on the way back
+    delivery: Delivery
     remaining: int = 0
 
 
@@ -76,6 +84,10 @@ class _TraceState:
     """What the analyzer keeps per held trace, beside its spans: the requests that carried them."""
 
     requests: list[_Request] = field(default_factory=list)
+
+
+def _has_root(spans: list[ProtoSpan]) -> bool:
+    return any(not span.parent_span_id for span, *_ in spans)
 
 
 class AnalysisPipeline:
@@ -103,7 +115,8 @@ class AnalysisPipeline:
         self._forward = forward
         self.router = router
         self.stats = PipelineStats()
-        self._first_requests = FirstRequests()
+        # Span times bounded by the receive time, as the router's are (a sender's wrong clock).
+        self._first_requests = FirstRequests(within_skew(time.time_ns, router.settings.max_clock_skew_s))
         # Held until no span of the trace arrived for trace_wait_ms; the bound is checked per request.
         self._engine: HoldBuffer[ProtoSpan, _TraceState] = HoldBuffer(
             self._analyse,
@@ -129,9 +142,10 @@ class AnalysisPipeline:
 
     # --- ingestion (receiver threads) -------------------------------------------------------------
 
-    def ingest(self, message: Any) -> None:
+    def ingest(self, message: Any) -> Delivery | None:
         """Accept one `ExportTraceServiceRequest`. Raises `OtlpFormatError` (malformed, not
-        retryable) or `Unavailable` (retry later); otherwise the request will be forwarded."""
+        retryable) or `Unavailable` (retry later); otherwise the request will be forwarded, and the
+        returned delivery resolved then (None: a part of a trace, to acknowledge now)."""
         size = message.ByteSize()
         if not self._forward.reserve(size):
             self.stats.rejected_unavailable += 1
@@ -148,15 +162,16 @@ class AnalysisPipeline:
             self._watch(traces)
         self.stats.requests += 1
         self.stats.spans_received += count
+        delivery: Delivery = Delivery()
         if not count:
-            self._put(message, size)
-            return
+            self._put(message, size, delivery)
+            return delivery
         engine = self._engine
         if not self._analyses or not engine.fits(count):
             self.stats.count_unanalysed(OVER_MAX_BUFFERED_SPANS if self._analyses else NOT_ANALYSING, count)
-            self._put(message, size)
-            return
-        request = _Request(message, size, remaining=len(traces))
+            self._put(message, size, delivery)
+            return delivery
+        request = _Request(message, size, delivery, remaining=len(traces))
         with engine.lock:
             for trace_id, spans in traces.items():
                 held = engine.traces.get(trace_id)
@@ -165,6 +180,7 @@ class AnalysisPipeline:
                 held.state.requests.append(request)
                 engine.extend(held, spans)
                 engine.schedule(trace_id, held)
+        return delivery if all(map(_has_root, traces.values())) else None
 
     def _note_requests(self, traces: dict[int, list[ProtoSpan]]) -> None:
         """Each service's first request, which ends its start-up (see `FirstRequests`)."""
@@ -210,14 +226,22 @@ class AnalysisPipeline:
                 requests.durations,
             )
 
-    def _put(self, message: Any, size: int) -> None:
-        if not self._forward.put(message, size):
+    def _put(self, message: Any, size: int, delivery: Delivery) -> None:
+        if not self._forward.put(message, size, delivery):
             self.stats.forward_dropped += 1
 
     # --- analysis (released by the engine's worker) -----------------------------------------------
 
     def _analyse(self, trace_id: int, held: Held[ProtoSpan, _TraceState], deadline: float | None) -> None:
-        spans = held.spans
+        try:
+            self._analyse_spans(trace_id, held.spans)
+        finally:  # whatever analysis did, the requests go on
+            for request in held.state.requests:
+                request.remaining -= 1
+                if request.remaining == 0:
+                    self._put(request.message, request.size, request.delivery)
+
+    def _analyse_spans(self, trace_id: int, spans: list[ProtoSpan]) -> None:
         try:
             self._learn_app_alerts(spans)
         except Exception:
@@ -234,10 +258,6 @@ class AnalysisPipeline:
         )
         if findings:
             self.router.submit(findings)
-        for request in held.state.requests:
-            request.remaining -= 1
-            if request.remaining == 0:
-                self._put(request.message, request.size)
 
     def _learn_app_alerts(self, spans: list[ProtoSpan]) -> None:
         """Mode both: an app's alert span passing through means that finding was alerted; the

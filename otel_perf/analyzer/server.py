@@ -4,11 +4,16 @@ health and readiness, Prometheus metrics of its own, and a graceful stop.
 Errors follow the OTLP specification: malformed payloads get HTTP 400 / gRPC INVALID_ARGUMENT
 (not retried), an unsupported content type 415, an oversized request 413 / RESOURCE_EXHAUSTED,
 and a full queue towards the collector HTTP 503 / UNAVAILABLE (retried by the sender).
+
+A trace request is acknowledged once it is back in the collector (or after `max_ack_wait_s`): the
+collector's persistent sending queue, not this process, is where accepted telemetry waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent import futures
@@ -20,14 +25,8 @@ import uvicorn
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
-    ExportMetricsServiceRequest,
-    ExportMetricsServiceResponse,
-)
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-    ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
-)
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
@@ -42,7 +41,8 @@ from starlette.routing import Route
 
 from otel_perf.alerting.router import AlertRouter, RouterSettings, open_outbox
 from otel_perf.alerting.sinks import OtlpSink, SinkSettings, build_sinks
-from otel_perf.analyzer.forwarder import Forwarder
+from otel_perf.analyzer.auth import TransportSecurity
+from otel_perf.analyzer.forwarder import Delivery, Forwarder
 from otel_perf.analyzer.otlp_codec import JSON, PROTOBUF, decode
 from otel_perf.analyzer.pipeline import AnalysisPipeline
 from otel_perf.analyzer.settings import AnalyzerSettings
@@ -95,6 +95,8 @@ class Analyzer:
         `monitor` (the windows) and `monitors` (by registry name): trends and error rates of every
         request received (None: not watched)."""
         self.config = config
+        # First: a token or TLS file it can't use stops the start before any thread runs.
+        self.security = TransportSecurity.from_settings(config)
         self.forwarder = Forwarder(
             config.export_endpoint,
             config.export_queue_size,
@@ -131,16 +133,19 @@ class Analyzer:
         self.registry.register(_StatsCollector(self))
         self._grpc_server: grpc.Server | None = None
         self._http_server: uvicorn.Server | None = None
+        self._decoding = threading.BoundedSemaphore(8)  # requests decoded at once (memory)
         self.ready = threading.Event()
 
     # --- shared handling ------------------------------------------------------------------------
 
-    def export_traces(self, payload: bytes, content_type: str = PROTOBUF) -> ExportTraceServiceResponse:
+    def export_traces(self, payload: bytes, content_type: str = PROTOBUF) -> Delivery | None:
+        """Accept a trace request; the sender is answered when its delivery resolves."""
         self._check_size(payload)
-        self.pipeline.ingest(decode(payload, content_type, ExportTraceServiceRequest()))
-        return ExportTraceServiceResponse()
+        with self._decoding:
+            return self.pipeline.ingest(decode(payload, content_type, ExportTraceServiceRequest()))
 
-    def export_metrics(self, payload: bytes, content_type: str = PROTOBUF) -> ExportMetricsServiceResponse:
+    def export_metrics(self, payload: bytes, content_type: str = PROTOBUF) -> Delivery | None:
+        """Metrics are read here, not forwarded: acknowledged on receipt."""
         self._check_size(payload)
         request = decode(payload, content_type, ExportMetricsServiceRequest())
         self.metrics_stats.requests += 1
@@ -149,19 +154,41 @@ class Analyzer:
             self.pipeline.watch_metrics(request)
         except Exception:  # the metrics were received all the same: never a reason to refuse them
             logger.exception("otel-perf analyzer: reading metrics for the monitors failed")
-        return ExportMetricsServiceResponse()
+        return None
 
     def _check_size(self, payload: bytes) -> None:
         if len(payload) > self.config.max_request_bytes:
             raise RequestTooLarge(f"request of {len(payload)} bytes exceeds {self.config.max_request_bytes}")
+
+    def _ack_wait(self, sender_deadline_s: float | None) -> float:
+        """How long a reply waits for the request's delivery: `max_ack_wait_s`, ending a little
+        before the sender's own deadline (a timed-out sender would send the request again)."""
+        wait = self.config.max_ack_wait_s
+        if sender_deadline_s is not None:
+            wait = min(wait, sender_deadline_s - _DEADLINE_MARGIN_S)
+        return max(wait, 0.0)
+
+    def _settled(self, sent: bool | None) -> None:
+        """The reply for a delivery's outcome: None (still queued here after the wait) is accepted
+        all the same and counted; False (this process gave up on it) asks the sender to retry."""
+        if sent is None:
+            self.pipeline.stats.acknowledged_before_forwarding += 1
+        elif not sent:
+            raise Unavailable("the analyzer is stopping before this request went on; send it again")
 
     # --- gRPC -------------------------------------------------------------------------------------
 
     def _grpc_handler(self, export: Any) -> Any:
         def handle(payload: bytes, context: grpc.ServicerContext) -> bytes:
             try:
-                reply: bytes = export(payload).SerializeToString()
-                return reply
+                delivery = export(payload)
+                if delivery is not None:
+                    try:
+                        sent = delivery.result(timeout=self._ack_wait(context.time_remaining()))
+                    except futures.TimeoutError:
+                        sent = None
+                    self._settled(sent)
+                return _EMPTY_REPLY
             except OtlpFormatError as error:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             except RequestTooLarge as error:
@@ -177,8 +204,10 @@ class Analyzer:
 
     def start_grpc(self) -> int:
         config = self.config
+        # Handlers wait for deliveries, so more threads than decode at once (`_decoding`).
         server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="otlp-grpc"),
+            futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="otlp-grpc"),
+            interceptors=self.security.grpc_interceptors(),
             options=[("grpc.max_receive_message_length", config.max_request_bytes + 1024)],
         )
         server.add_generic_rpc_handlers(
@@ -191,7 +220,11 @@ class Analyzer:
                 ),
             )
         )
-        port = server.add_insecure_port(config.grpc_endpoint)
+        credentials = self.security.grpc_credentials()
+        if credentials is None:
+            port = server.add_insecure_port(config.grpc_endpoint)
+        else:
+            port = server.add_secure_port(config.grpc_endpoint, credentials)
         if port == 0:
             raise OSError(f"can't listen on {config.grpc_endpoint} (OTEL_PERF_ANALYZER_GRPC_ENDPOINT)")
         server.start()
@@ -213,7 +246,7 @@ class Analyzer:
                 {"status": "ok" if alive else "analysis worker stopped"}, status_code=200 if alive else 500
             )
 
-        async def readyz(_: Request) -> Response:
+        async def readyz(request: Request) -> Response:
             problems = []
             if not self.ready.is_set():
                 problems.append("starting")
@@ -222,7 +255,10 @@ class Analyzer:
                     f"export queue to {self.forwarder.endpoint} is nearly full "
                     f"({self.forwarder.queued_bytes} bytes; {self.forwarder.last_error})"
                 )
-            body = {"status": "ready" if not problems else "not ready", "problems": problems}
+            body: dict[str, Any] = {"status": "ready" if not problems else "not ready"}
+            # Open for probes; its reasons (endpoint, errors) only for callers with the token.
+            if self.security.refusal(request.headers.get("authorization")) is None:
+                body["problems"] = problems
             return JSONResponse(body, status_code=200 if not problems else 503)
 
         async def prometheus(_: Request) -> Response:
@@ -237,7 +273,8 @@ class Analyzer:
                 Route("/healthz", healthz),
                 Route("/readyz", readyz),
                 Route("/metrics", prometheus),
-            ]
+            ],
+            middleware=self.security.http_middleware(),
         )
 
     async def _http_export(self, request: Request, export: Any) -> Response:
@@ -256,7 +293,15 @@ class Analyzer:
             payload = await _read_at_most(request, limit)
             if encoding == "gzip":
                 payload = _gunzip(payload, limit)
-            response = export(payload, content_type)
+            delivery = export(payload, content_type)
+            del payload
+            if delivery is not None:
+                try:
+                    wait = asyncio.shield(asyncio.wrap_future(delivery))
+                    sent = await asyncio.wait_for(wait, self._ack_wait(None))
+                except asyncio.TimeoutError:
+                    sent = None
+                self._settled(sent)
         except UnsupportedMediaType as error:
             return _status_response(415, code_pb2.INVALID_ARGUMENT, str(error), PROTOBUF)
         except OtlpFormatError as error:
@@ -267,7 +312,7 @@ class Analyzer:
             return _status_response(503, code_pb2.UNAVAILABLE, str(error), media, retry_after=True)
         if media == JSON:
             return Response(b"{}", media_type=JSON)
-        return Response(response.SerializeToString(), media_type=PROTOBUF)
+        return Response(_EMPTY_REPLY, media_type=PROTOBUF)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -276,17 +321,33 @@ class Analyzer:
         grpc_port = self.start_grpc()
         host, _, port = self.config.http_endpoint.rpartition(":")
         config = uvicorn.Config(
-            self.http_app(), host=host or "127.0.0.1", port=int(port), log_level="warning"
+            self.http_app(),
+            host=host or "127.0.0.1",
+            port=int(port),
+            log_level="warning",
+            # In-flight requests wait up to max_ack_wait_s for their delivery: let them finish.
+            **self.security.uvicorn_options(grace_s=self.config.max_ack_wait_s + 2),
         )
         self._http_server = uvicorn.Server(config)
         logger.info(
-            "otel-perf analyzer: OTLP gRPC on %s (port %d), HTTP on %s; forwarding to %s",
+            "otel-perf analyzer: OTLP gRPC on %s (port %d) and HTTP on %s, %s; forwarding to %s",
             self.config.grpc_endpoint,
             grpc_port,
             self.config.http_endpoint,
+            ("TLS" if self.security.tls else "plain text")
+            + (", bearer token required" if self.security.requires_token else ", no token"),
             self.config.export_endpoint,
         )
+        endpoints = {"OTLP/gRPC": self.config.grpc_endpoint, "OTLP/HTTP": self.config.http_endpoint}
+        for warning in self.security.warnings(endpoints):
+            logger.warning("%s", warning)
         self.ready.set()
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn (0.29+) raises the signal that stopped it again once it has shut down, under
+            # the handler it found: the default one ended the process right there (SIGTERM: exit
+            # -15), before the drain below, losing every trace held and request queued.
+            for stop_signal in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(stop_signal, _already_stopping)
         try:
             self._http_server.run()  # installs SIGTERM/SIGINT handlers, returns on either
         finally:
@@ -303,7 +364,13 @@ class Analyzer:
         self.forwarder.close()
 
 
+def _already_stopping(signum: int, frame: Any) -> None:
+    """Under `serve`, outside uvicorn's own handling: the stop is under way (see `serve`)."""
+
+
 _ENCODINGS = ("identity", "gzip")
+_EMPTY_REPLY = b""  # an Export*ServiceResponse with no partial success, encoded
+_DEADLINE_MARGIN_S = 1.0
 
 
 async def _read_at_most(request: Request, limit: int) -> bytes:
@@ -320,16 +387,28 @@ async def _read_at_most(request: Request, limit: int) -> bytes:
 
 
 def _gunzip(payload: bytes, limit: int) -> bytes:
+    """Every member of a gzip body (RFC 1952 allows several; Go's reader reads them all). One cut
+    short, or followed by bytes that are no gzip, is a 400: only the first member was read before,
+    and such a request was accepted with part of its spans (or refused as bad protobuf)."""
     import zlib
 
+    parts: list[bytes] = []
+    size, rest = 0, payload
     try:
-        decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
-        data = decompressor.decompress(payload, limit + 1)
+        while True:
+            decompressor = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            part = decompressor.decompress(rest, limit + 1 - size)
+            size += len(part)
+            if size > limit:
+                raise RequestTooLarge(f"decompressed request exceeds {limit} bytes")
+            parts.append(part)
+            if not decompressor.eof:
+                raise OtlpFormatError("invalid gzip body: cut short")
+            rest = decompressor.unused_data
+            if not rest:
+                return b"".join(parts)
     except zlib.error as error:
         raise OtlpFormatError(f"invalid gzip body: {error}") from None
-    if len(data) > limit:
-        raise RequestTooLarge(f"decompressed request exceeds {limit} bytes")
-    return data
 
 
 def _status_response(
@@ -383,6 +462,14 @@ class _StatsCollector:
                 pipeline.rejected_unavailable,
             ),
             "otel_perf_analyzer_forwarded": ("Requests forwarded to the collector.", forwarder.sent),
+            "otel_perf_analyzer_rejected_unauthenticated": (
+                "Requests refused for want of a valid bearer token (gRPC UNAUTHENTICATED, HTTP 401).",
+                self.analyzer.security.refusals.total,
+            ),
+            "otel_perf_analyzer_acknowledged_before_forwarding": (
+                "Requests acknowledged after max_ack_wait_s while still queued here (lost if killed).",
+                pipeline.acknowledged_before_forwarding,
+            ),
             "otel_perf_analyzer_forward_dropped": ("Requests dropped on the way back.", forwarder.dropped),
             "otel_perf_analyzer_metric_points_received": (
                 "Metric data points received.",

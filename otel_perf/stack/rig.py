@@ -108,6 +108,9 @@ class Stack:
     binaries: dict[str, Path] = field(default_factory=dict)
     analyzer_env: dict[str, str] = field(default_factory=dict)
     collector_env: dict[str, str] = field(default_factory=dict)
+    # Configs of collector/ merged over gateway.yaml, e.g. gateway-analyzer-auth.yaml (TLS and a
+    # bearer token towards analyzers started with OTEL_PERF_ANALYZER_TLS_*/AUTH_* in analyzer_env).
+    collector_overlays: tuple[str, ...] = ()
 
     # --- definition -------------------------------------------------------------------------------
 
@@ -151,6 +154,8 @@ class Stack:
                 f"{jaeger_url} (query API; UI placeholder in the module build)",
             ),
         ]
+        tls = "OTEL_PERF_ANALYZER_TLS_CERT_FILE"
+        scheme = "https" if self.analyzer_env.get(tls, os.environ.get(tls)) else "http"
         for index in range(self.analyzers):
             grpc_port, http_port = ports.analyzer(index)
             services.append(
@@ -171,15 +176,22 @@ class Stack:
                         "OTEL_PERF_ALERTS_OUTBOX_PATH": str(state / "analyzer-alerts-outbox.sqlite3"),
                         **self.analyzer_env,
                     },
-                    f"http://{loopback}:{http_port}/readyz",
-                    f"OTLP gRPC {loopback}:{grpc_port}, HTTP http://{loopback}:{http_port}",
+                    f"{scheme}://{loopback}:{http_port}/readyz",
+                    f"OTLP gRPC {loopback}:{grpc_port}, HTTP {scheme}://{loopback}:{http_port}",
                 )
             )
         analyzer_hosts = ", ".join(f"{loopback}:{ports.analyzer(i)[0]}" for i in range(self.analyzers))
         services.append(
             Service(
                 "collector",
-                [str(self._binary("otelcol")), "--config", str(config_file("gateway.yaml"))],
+                [
+                    str(self._binary("otelcol")),
+                    *(
+                        argument
+                        for name in ("gateway.yaml", *self.collector_overlays)
+                        for argument in ("--config", str(config_file(name)))
+                    ),
+                ],
                 {
                     **base_env,
                     "OTEL_PERF_COLLECTOR_GRPC_ENDPOINT": f"{loopback}:{ports.otlp_grpc}",
@@ -316,6 +328,8 @@ class Stack:
 
 def _healthy(url: str) -> bool:
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        # Like kubelet's HTTPS probes, unverified: it sends nothing secret and only asks whether the
+        # process it started answers (an analyzer with TLS has a certificate of the user's own CA).
+        return httpx.get(url, timeout=1, verify=False).status_code == 200
     except httpx.HTTPError:
         return False

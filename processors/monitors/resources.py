@@ -12,6 +12,7 @@ back under 90 % of it.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -128,6 +129,7 @@ class HostSampler:
     def __init__(self, settings: ResourceSettings, host: str) -> None:
         self.settings = settings
         self.host = host
+        self._disk_failed = False
         try:
             import psutil
         except ImportError:  # the system-metrics instrumentation brings it; without it, pools only
@@ -146,8 +148,15 @@ class HostSampler:
             taken.append((series_name(MEMORY, host), float(psutil.virtual_memory().percent)))
             try:
                 disk = float(psutil.disk_usage(self.settings.disk_path).percent)
-            except OSError:
-                pass
+            except OSError as error:
+                if not self._disk_failed:  # a wrong path, said once rather than watched silently never
+                    self._disk_failed = True
+                    logger.warning(
+                        "otel-perf: OTEL_PERF_RESOURCE_DISK_PATH=%r can't be read (%s); "
+                        "the disk is not watched",
+                        self.settings.disk_path,
+                        error.strerror or error,
+                    )
             else:
                 taken.append((series_name(DISK, host, self.settings.disk_path), disk))
         for pool, checked_out, capacity in orm.pool_usage():
@@ -197,4 +206,6 @@ def samples_from_metrics(request: Any) -> list[tuple[str, str, float, int]]:
                     taken.append((service, series_name(MEMORY, host), 100.0 * max(by_state["used"]), time_ns))
                 elif metric.name == _FILESYSTEM_METRIC and by_state.get("used"):
                     taken.append((service, series_name(DISK, host), 100.0 * max(by_state["used"]), time_ns))
-    return taken
+    # NaN or infinite values (or finite ones whose sum overflows) are no utilisation: a sketch can't
+    # hold them, and the watcher's thread failed on each one.
+    return [sample for sample in taken if math.isfinite(sample[2])]

@@ -13,6 +13,7 @@ requests shift between buckets.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ _ENTRY_KINDS = frozenset({"SPAN_KIND_SERVER", "SPAN_KIND_CONSUMER", "SERVER", "C
 _ERROR_CODES = frozenset({"STATUS_CODE_ERROR", "Error", "ERROR"})
 _DELTA = 1  # AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 _SPREAD = 4  # points per bucket
+_MAX_COUNT = 2**53  # requests in one report: far beyond any real one, still exact as a float
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,14 @@ class SpanMetricsReader:
                 counts = [now - then for now, then in zip(counts, before, strict=True)]
             if any(count < 0 for count in counts):
                 return None  # a reset without a new start time: start the stream again
-        durations = _spread([bound * scale for bound in point.explicit_bounds], counts)
+        if sum(counts) > _MAX_COUNT:
+            return None  # no real count: alerts would carry it as an attribute OTLP can't encode
+        bounds = [bound * scale for bound in point.explicit_bounds]
+        # No duration histogram: a negative bound made complex numbers, an infinite one an overflow,
+        # in the watcher's thread (its sketches can hold neither).
+        if not all(math.isfinite(bound) and bound >= 0 for bound in bounds):
+            return None
+        durations = _spread(bounds, counts)
         if not durations:
             return None
         return Requests(

@@ -33,13 +33,17 @@ CREATE TABLE IF NOT EXISTS state (
 class WindowStore:
     """The windows of every series, and each monitor's state per series. Thread-safe."""
 
-    def __init__(self, path: str | Path = MEMORY) -> None:
+    def __init__(self, path: str | Path = MEMORY, *, setting: str = "") -> None:
+        """`setting`: the variable that named `path` (its directory must exist then; see
+        `open_state`)."""
         self.path = str(path) or MEMORY
         self._lock = threading.Lock()
-        self._db = self._connect()
+        self._db = self._connect(setting)
 
-    def _connect(self) -> sqlite3.Connection:
-        db, self.path = open_state(self.path, _SCHEMA, "a restart starts the trend baselines afresh")
+    def _connect(self, setting: str) -> sqlite3.Connection:
+        db, self.path = open_state(
+            self.path, _SCHEMA, "a restart starts the trend baselines afresh", setting=setting
+        )
         return db
 
     @property

@@ -143,8 +143,9 @@ class Watcher:
     def store(self) -> WindowStore:
         store = self._store
         if store is None:
-            path = self.settings.state_path or (MEMORY if self._replay else default_state_path())
-            store = self._store = WindowStore(path)
+            given = self.settings.state_path
+            path = given or (MEMORY if self._replay else default_state_path())
+            store = self._store = WindowStore(path, setting="OTEL_PERF_MONITOR_STATE_PATH" if given else "")
         return store
 
     # --- the request path ---------------------------------------------------------------------

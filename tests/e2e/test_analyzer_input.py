@@ -7,6 +7,7 @@ import gzip
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -215,14 +216,17 @@ def test_a_trace_that_never_stops_receiving_spans_is_not_held_for_ever(
     fresh_stack: Callable[..., RunningStack],
 ) -> None:
     """The analyzer sits in the path to Jaeger and holds a trace until it goes quiet: one that keeps
-    receiving spans (a long stream, a sender stuck in a loop) is analysed and forwarded after the
-    maximum hold all the same, while its spans still arrive."""
+    receiving spans (a long stream, senders stuck in a loop) is analysed and forwarded after the
+    maximum hold all the same, while its spans still arrive. The senders don't wait for each other
+    (each reply waits for its request's delivery, which waits for the trace)."""
     stack = fresh_stack(analyzer_env={"OTEL_PERF_ANALYZER_MAX_TRACE_HOLD_S": "2"})
     url = f"http://127.0.0.1:{stack.ports.analyzer(0)[1]}/v1/traces"
     trace_id = bytes.fromhex("5e" * 16)
     resource = Resource(attributes=[KeyValue(key="service.name", value=AnyValue(string_value="streamer"))])
     arrived_while_sending = None
     started = time.monotonic()
+    senders = ThreadPoolExecutor(64)  # replies wait for the trace: never a pause in its spans
+    replies = []
     for number in range(1, 80):
         now = time.time_ns()
         span = Span(
@@ -236,13 +240,16 @@ def test_a_trace_that_never_stops_receiving_spans_is_not_held_for_ever(
         request = ExportTraceServiceRequest(
             resource_spans=[ResourceSpans(resource=resource, scope_spans=[ScopeSpans(spans=[span])])]
         )
-        assert httpx.post(url, content=request.SerializeToString(), headers=PROTOBUF).status_code == 200
+        payload = request.SerializeToString()
+        replies.append(senders.submit(lambda body=payload: httpx.post(url, content=body, headers=PROTOBUF)))
         if number % 10 == 0 and time.monotonic() - started > 3:
             arrived_while_sending = stack.jaeger_trace(trace_id.hex())
             if arrived_while_sending:
                 break
         time.sleep(0.1)
+    senders.shutdown()
     assert arrived_while_sending, "the trace reached Jaeger only once its spans stopped"
+    assert {reply.result().status_code for reply in replies} == {200}
     assert stack.analyzer_metric(0, "otel_perf_analyzer_traces_timed_out") >= 1
 
 

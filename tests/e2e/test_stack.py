@@ -57,8 +57,15 @@ def test_validation_really_checks(tmp_path: Path) -> None:
 
 def test_every_collector_config_is_covered() -> None:
     configs = {path.name for path in COLLECTOR_DIR.glob("*.y*ml")} - {"manifest.yaml"}
-    assert configs == {"gateway.yaml", "agent.yaml", "jaeger.yaml", "alertmanager.yml"}
-    # alertmanager.yml is loaded by every stack these tests start (a bad file fails `rig up`).
+    assert configs == {
+        "gateway.yaml",
+        "agent.yaml",
+        "jaeger.yaml",
+        "alertmanager.yml",
+        "gateway-analyzer-auth.yaml",
+    }
+    # alertmanager.yml is loaded by every stack these tests start (a bad file fails `rig up`);
+    # gateway-analyzer-auth.yaml (an overlay) is validated and run by tests/e2e/test_analyzer_auth.py.
 
 
 def test_rig_up_status_down_on_the_standard_ports(tmp_path: Path) -> None:

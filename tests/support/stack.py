@@ -112,10 +112,17 @@ class RunningStack:
 
 
 def start_stack(
-    state_dir: Path, analyzers: int = 1, analyzer_env: dict[str, str] | None = None
+    state_dir: Path,
+    analyzers: int = 1,
+    analyzer_env: dict[str, str] | None = None,
+    collector_env: dict[str, str] | None = None,
 ) -> RunningStack:
     stack = Stack(
-        state_dir, StackPorts.free(), analyzers, analyzer_env=analyzer_env or {}, collector_env=FAST_COLLECTOR
+        state_dir,
+        StackPorts.free(),
+        analyzers,
+        analyzer_env=analyzer_env or {},
+        collector_env={**FAST_COLLECTOR, **(collector_env or {})},
     )
     stack.build()  # cached binaries; a failed build raises here: end-to-end tests never skip
     stack.up()

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import gc
 import random
 import string
+import threading
+import tracemalloc
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -349,3 +354,118 @@ def test_generated_url_literals_never_survive() -> None:
 )
 def test_cache_commands_keep_the_command_and_the_words_of_their_keys(command: str, template: str) -> None:
     assert cache_command_template(command) == template
+
+
+# --- the caches, bounded in bytes --------------------------------------------------------------
+
+
+@pytest.fixture
+def empty_caches() -> None:
+    from otel_perf.processors.normalize import CACHES
+
+    for budget in CACHES.values():
+        budget.clear()
+
+
+def _retained_bytes(run: Callable[[], object]) -> int:
+    """What `run` left allocated (traced by tracemalloc) once it returned and its result was dropped."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        run()
+        gc.collect()
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.usefixtures("empty_caches")
+def test_forty_distinct_5mb_statements_leave_the_cache_within_its_byte_bound() -> None:
+    """The probe that found it: 40 distinct 5 MB statements kept 200 MB alive (the cache held 8192
+    entries, each keyed by the whole statement). Only the first 8000 characters are read, so only
+    they are kept; the templates are those of the uncached function."""
+    from otel_perf.processors.normalize import CACHES
+
+    uncached = normalize_sql.__wrapped__
+    mismatches: list[int] = []
+
+    def normalise_forty() -> None:
+        for number in range(40):
+            statement = f"INSERT INTO audit_{number} (id, note) VALUES " + "(1, 'x'), " * 500_000
+            assert len(statement) > 5_000_000
+            expected = uncached(statement, "postgresql")
+            assert expected.startswith(f"INSERT INTO audit_{number} (id, note) VALUES (?)")
+            for _ in range(2):  # computed, then from the cache
+                if normalize_sql(statement, "postgresql") != expected:
+                    mismatches.append(number)
+
+    retained = _retained_bytes(normalise_forty)
+    assert not mismatches
+    sql = CACHES["sql"]
+    assert len(sql) == 40 and 0 < sql.currsize <= sql.maxsize
+    assert retained < 2 * 1024 * 1024, f"40 statements of 5 MB left {retained / 2**20:.0f} MiB allocated"
+
+
+@pytest.mark.usefixtures("empty_caches")
+def test_each_cache_stays_within_its_byte_bound_measured_by_tracemalloc() -> None:
+    """Many more distinct inputs than fit: each cache's own count (`currsize`) stays within its
+    bound, and so does the memory really held (tracemalloc): the count is no underestimate."""
+    from otel_perf.processors.normalize import CACHES
+
+    functions = {"sql": normalize_sql, "url": url_template, "cache_command": cache_command_template}
+    mismatches: list[str] = []
+
+    def fill() -> None:
+        for number in range(12_000):
+            token = uuid.UUID(int=number).hex
+            inputs = {
+                "url": f"https://api.example.com/v2/{token}/files/{number}-{token}?s={token}" + "x" * 600,
+                "sql": f"SELECT * FROM t WHERE id = {number} AND note = '{token}' /* {'y' * 1400} */",
+                "cache_command": f"SET session:{token} {'z' * 400}",
+            }
+            for name, text in inputs.items():
+                template = functions[name](text)
+                if number % 97 == 0 and template != functions[name].__wrapped__(text):
+                    mismatches.append(text)
+
+    retained = _retained_bytes(fill)
+    assert not mismatches
+    for name, budget in CACHES.items():
+        assert budget.currsize <= budget.maxsize, name
+    assert 0 < len(CACHES["url"]) < 12_000 and 0 < len(CACHES["sql"]) < 12_000
+    bound = sum(budget.maxsize for budget in CACHES.values())
+    assert CACHES["sql"].maxsize < retained < bound, f"{retained / 2**20:.1f} MiB held"
+
+
+@pytest.mark.usefixtures("empty_caches")
+def test_inputs_too_long_to_keep_are_computed_each_time_and_not_kept() -> None:
+    from otel_perf.processors.normalize import CACHES
+
+    url = "https://api.example.com/orders/42?q=" + "a" * 5_000_000
+    command = "SET big:1 " + "v" * 5_000_000
+    assert url_template(url) == "https://api.example.com/orders/{id}?q="
+    assert cache_command_template(command) == "SET big:? ?"
+    assert CACHES["url"].currsize < 10_000 and CACHES["cache_command"].currsize == 0
+
+
+@pytest.mark.usefixtures("empty_caches")
+def test_the_caches_count_right_under_concurrent_misses() -> None:
+    """Threads missing the same and different inputs at once: each entry counted once, the count is
+    the sum of what is held."""
+    from otel_perf.processors import normalize
+
+    barrier = threading.Barrier(4)
+
+    def work(thread: int) -> None:
+        barrier.wait()
+        for number in range(3000):
+            normalize_sql(f"SELECT * FROM t{number % 500} WHERE x = {thread}", "postgresql")
+            url_template(f"http://h/{number % 700}/x{thread}")
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
+    for name, memos in (("sql", list(normalize._SQL._by_dialect.values())), ("url", [normalize._URLS])):
+        held = [(key, value) for memo in memos for key, value in memo.items()]
+        assert len(held) == len(normalize.CACHES[name])
+        assert normalize.CACHES[name].currsize == sum(normalize._entry_bytes(k, v) for k, v in held)

@@ -11,8 +11,8 @@ from otel_perf.alerting.alert import Alert
 from otel_perf.alerting.sinks import alert_attributes, slack_text
 from otel_perf.processors.analysis import analyze_tree, build_detectors, span_marks
 from otel_perf.processors.tree import KIND_CLIENT, TraceTree
+from tests.support.secrets_corpus import CORPUS, leaked, random_token
 from tests.unit.builders import node, server
-from tests.unit.test_scrubbing import _CORPUS, _leaked, _token
 
 DETECTORS = build_detectors()
 REPEATS = 6  # an N+1 (≥ 5) of slow queries (each over the 100 ms threshold): both detectors report
@@ -39,7 +39,7 @@ def _outgoing(findings: list) -> str:
 
 def test_no_secret_of_the_corpus_leaves_in_an_alert() -> None:
     failures = []
-    for case in _CORPUS[::8]:
+    for case in CORPUS[::8]:
         root = server("GET /checkout/{id}", 0, REPEATS * 200 + 10)
         spans = [
             node(
@@ -55,7 +55,7 @@ def test_no_secret_of_the_corpus_leaves_in_an_alert() -> None:
         findings = analyze_tree(TraceTree(0xABC, [root, *spans]), DETECTORS)
         assert {finding.type for finding in findings} == {"n_plus_one", "slow_span"}, case.statement
         text = _outgoing(findings)
-        leaks = [leak for secret in case.secrets if (leak := _leaked(secret, text, case.skeleton))]
+        leaks = [leak for secret in case.secrets if (leak := leaked(secret, text, case.skeleton))]
         if leaks:
             failures.append((case.dialect, case.statement, leaks))
     assert not failures, f"{len(failures)} leaked, e.g. {failures[:3]}"
@@ -64,7 +64,7 @@ def test_no_secret_of_the_corpus_leaves_in_an_alert() -> None:
 def test_no_url_token_leaves_in_an_alert() -> None:
     rng = random.Random(7)
     for _ in range(200):
-        token, value = _token(rng), _token(rng)
+        token, value = random_token(rng), random_token(rng)
         url = f"https://user:{value}@api.example.com/reset/{token}/confirm?key={value}#{value}"
         root = server("POST /password-reset", 0, REPEATS * 1200 + 10)
         calls = [
@@ -82,4 +82,4 @@ def test_no_url_token_leaves_in_an_alert() -> None:
         assert {finding.type for finding in findings} == {"n_plus_one", "slow_span"}
         text = _outgoing(findings)
         for secret in (token, value):
-            assert _leaked(secret, text, url.replace(token, " ").replace(value, " ")) is None, text
+            assert leaked(secret, text, url.replace(token, " ").replace(value, " ")) is None, text

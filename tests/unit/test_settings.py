@@ -205,3 +205,176 @@ def test_a_bad_analyzer_endpoint_is_one_line_naming_it(
         AnalyzerSettings.load(strict=True)
     monkeypatch.setenv(variable, "[::1]:14318")
     assert AnalyzerSettings.load(strict=True)
+
+
+# --- the analyzer's token and TLS files (otel_perf.analyzer.auth) -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (
+            {"tls_key_file": "{pem}"},
+            "OTEL_PERF_ANALYZER_TLS_KEY_FILE is set but OTEL_PERF_ANALYZER_TLS_CERT_FILE is not",
+        ),
+        (
+            {"tls_client_ca_file": "{pem}"},
+            "OTEL_PERF_ANALYZER_TLS_CLIENT_CA_FILE needs OTEL_PERF_ANALYZER_TLS_CERT_FILE",
+        ),
+        (
+            {"tls_cert_file": "{pem}", "tls_key_file": "{pem}"},
+            "OTEL_PERF_ANALYZER_TLS_CERT_FILE='{pem}' and OTEL_PERF_ANALYZER_TLS_KEY_FILE='{pem}' "
+            "can't be used",
+        ),
+        ({"auth_token_file": "{missing}"}, "OTEL_PERF_ANALYZER_AUTH_TOKEN_FILE='{missing}' can't be read"),
+        (
+            {"auth_token_file": "{directory}"},
+            "OTEL_PERF_ANALYZER_AUTH_TOKEN_FILE='{directory}' can't be read",
+        ),
+        ({"auth_token_file": "{empty}"}, "OTEL_PERF_ANALYZER_AUTH_TOKEN_FILE='{empty}' is empty"),
+        (
+            {"auth_token_file": "{token}", "auth_token": "0123456789abcdef0123"},
+            "OTEL_PERF_ANALYZER_AUTH_TOKEN and OTEL_PERF_ANALYZER_AUTH_TOKEN_FILE are both set",
+        ),
+    ],
+    ids=["key-without-cert", "client-ca-without-tls", "not-pem", "missing", "directory", "empty", "both"],
+)
+def test_analyzer_security_files_that_cant_work_are_one_line_naming_the_variable(
+    values: dict[str, str], expected: str, tmp_path: Path
+) -> None:
+    """Checked at the analyzer's start (a fallback to no token or plain text would open the door)."""
+    from otel_perf.analyzer.auth import TransportSecurity
+    from otel_perf.analyzer.settings import AnalyzerSettings
+
+    (tmp_path / "garbage.pem").write_text("-----BEGIN CERTIFICATE-----\nnot one\n-----END CERTIFICATE-----\n")
+    (tmp_path / "empty").write_text(" \n")
+    (tmp_path / "token").write_text("0123456789abcdef0123\n")
+    paths = {
+        "pem": tmp_path / "garbage.pem",
+        "missing": tmp_path / "nowhere",
+        "directory": tmp_path,
+        "empty": tmp_path / "empty",
+        "token": tmp_path / "token",
+    }
+    config = AnalyzerSettings(**{key: value.format(**paths) for key, value in values.items()})
+    with pytest.raises(SettingsError) as error:
+        TransportSecurity.from_settings(config)
+    assert expected.format(**paths) in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("where", ["env", "file"])
+def test_a_malformed_token_is_refused_without_being_echoed(where: str, tmp_path: Path) -> None:
+    from otel_perf.analyzer.auth import TransportSecurity
+    from otel_perf.analyzer.settings import AnalyzerSettings
+
+    secret = "two words-SECRETPART"
+    (tmp_path / "token").write_text(secret)
+    config = (
+        AnalyzerSettings(auth_token=SecretStr(secret))
+        if where == "env"
+        else AnalyzerSettings(auth_token_file=str(tmp_path / "token"))
+    )
+    with pytest.raises(SettingsError, match="not printable ASCII without spaces") as error:
+        TransportSecurity.from_settings(config)
+    assert "SECRETPART" not in str(error.value)
+
+
+def test_the_token_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otel_perf.analyzer.auth import TransportSecurity
+    from otel_perf.analyzer.settings import AnalyzerSettings
+    from otel_perf.cli import main
+    from otel_perf.settings import markdown_table
+
+    secret = "s3cr3t-0123456789abcdef"
+    monkeypatch.setenv("OTEL_PERF_ANALYZER_AUTH_TOKEN", secret)
+    config = AnalyzerSettings.load(strict=True)
+    assert config.auth_token is not None and config.auth_token.get_secret_value() == secret
+    assert secret not in repr(config) and secret not in str(TransportSecurity.from_settings(config))
+    assert "| `OTEL_PERF_ANALYZER_AUTH_TOKEN` | unset |" in markdown_table()
+    main(["settings"])
+    shown = capsys.readouterr()
+    assert "OTEL_PERF_ANALYZER_AUTH_TOKEN" in shown.out and secret not in shown.out + shown.err
+
+
+@pytest.mark.parametrize(
+    ("authorization", "refusal"),
+    [
+        ("Bearer 0123456789abcdef0123", None),
+        ("bearer 0123456789abcdef0123", None),  # the scheme is case-insensitive (RFC 7235)
+        (" Bearer  0123456789abcdef0123 ", None),
+        (None, "no authorization header"),
+        ("", "no authorization header"),
+        ("0123456789abcdef0123", "not a bearer token"),
+        ("Basic 0123456789abcdef0123", "not a bearer token"),
+        ("Bearer", "not a bearer token"),
+        ("Bearer 0123456789abcdef012", "wrong token"),
+        ("Bearer 0123456789abcdef01234", "wrong token"),
+        ("Bearer 0123456789ABCDEF0123", "wrong token"),
+    ],
+)
+def test_the_bearer_token_check(authorization: str | None, refusal: str | None) -> None:
+    from otel_perf.analyzer.auth import TransportSecurity
+    from otel_perf.analyzer.settings import AnalyzerSettings
+
+    security = TransportSecurity.from_settings(AnalyzerSettings(auth_token=SecretStr("0123456789abcdef0123")))
+    assert security.refusal(authorization) == refusal
+    assert TransportSecurity.from_settings(AnalyzerSettings()).refusal(authorization) is None  # no token
+
+
+def test_start_warnings_for_an_analyzer_other_hosts_can_reach() -> None:
+    import hashlib
+
+    from otel_perf.analyzer.auth import TransportSecurity
+
+    def warnings(security: TransportSecurity, http: str, grpc: str = "127.0.0.1:14317") -> list[str]:
+        return security.warnings({"OTLP/gRPC": grpc, "OTLP/HTTP": http})
+
+    open_door = TransportSecurity()
+    token = {"token_digests": (hashlib.sha256(b"t" * 32).digest(),), "shortest_token": 32}
+    assert warnings(open_door, "127.0.0.1:14318") == []
+    assert warnings(open_door, "[::1]:14318", "localhost:14317") == []
+    [line] = warnings(open_door, "0.0.0.0:14318")
+    assert "OTLP/HTTP on 0.0.0.0:14318" in line and "without a token" in line and "OTLP/gRPC" not in line
+    [line] = warnings(open_door, "0.0.0.0:14318", "analyzer.internal:14317")
+    assert "OTLP/gRPC on analyzer.internal:14317 and OTLP/HTTP on 0.0.0.0:14318" in line
+    [line] = warnings(TransportSecurity(**token), "[::]:14318")
+    assert "clear text" in line and "OTEL_PERF_ANALYZER_TLS_CERT_FILE" in line
+    assert warnings(TransportSecurity(**token, certificate_chain=b"PEM"), "0.0.0.0:14318") == []
+    [line] = warnings(TransportSecurity(**{**token, "shortest_token": 8}), "127.0.0.1:14318")
+    assert "shorter than 16 characters" in line
+
+
+def test_refusals_are_counted_each_and_logged_at_most_once_a_minute(caplog: pytest.LogCaptureFixture) -> None:
+    from otel_perf.analyzer.auth import Refusals
+
+    package_logger = logging.getLogger("otel_perf")  # may not propagate (otel-perf's own handler)
+    package_logger.addHandler(caplog.handler)
+    try:
+        refusals = Refusals()
+        for _ in range(3):
+            refusals.record("HTTP", "127.0.0.1:5555", "wrong token")
+    finally:
+        package_logger.removeHandler(caplog.handler)
+    assert refusals.total == 3
+    lines = sorted({record.getMessage() for record in caplog.records})
+    assert lines == [
+        "otel-perf analyzer: refused 1 request(s) without a valid bearer token "
+        "(latest: HTTP from 127.0.0.1:5555, wrong token)"
+    ]
+
+
+def test_a_token_file_may_hold_several_tokens_for_a_rotation(tmp_path: Path) -> None:
+    """One a line, as the collector's bearertokenauth reads the same file (it sends the first): the
+    analyzer accepts each, so a new token is accepted before any collector sends it."""
+    from otel_perf.analyzer.auth import TransportSecurity
+    from otel_perf.analyzer.settings import AnalyzerSettings
+
+    (tmp_path / "tokens").write_text("old-0123456789abcdef\n\n  new-0123456789abcdef  \n")
+    security = TransportSecurity.from_settings(AnalyzerSettings(auth_token_file=str(tmp_path / "tokens")))
+    assert security.refusal("Bearer old-0123456789abcdef") is None
+    assert security.refusal("Bearer new-0123456789abcdef") is None
+    assert security.refusal("Bearer old-0123456789abcdef\nnew-0123456789abcdef") == "wrong token"
+    assert security.refusal("Bearer other-0123456789abcdef") == "wrong token"
