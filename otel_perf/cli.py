@@ -8,6 +8,7 @@ missing.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from otel_perf import __version__
 
 if TYPE_CHECKING:
     from otel_perf.processors.tree import SpanNode
+    from otel_perf.settings import Settings
     from otel_perf.stack.rig import Stack
 
 
@@ -46,6 +48,22 @@ def _needs_extra(command: str, error: ImportError) -> Exit:
     return Exit(2)
 
 
+def _checked_settings() -> Settings:
+    """The settings, strictly: a command stops on a bad `OTEL_PERF_*` value with one line naming it
+    (exit 2), never a traceback; unknown `OTEL_PERF_*` names are warned about (once)."""
+    from otel_perf.errors import SettingsError
+    from otel_perf.log_setup import ensure_stderr_logging
+    from otel_perf.settings import Settings, warn_about_unknown_variables
+
+    ensure_stderr_logging()
+    warn_about_unknown_variables(os.environ)
+    try:
+        return Settings.from_env(strict=True)
+    except SettingsError as error:
+        _say(f"otel-perf: {error}")
+        raise Exit(2) from None
+
+
 def demo(args: argparse.Namespace) -> None:
     """Run the bundled FastAPI + SQLAlchemy shop under opentelemetry-instrument and show what was found."""
     try:
@@ -56,57 +74,99 @@ def demo(args: argparse.Namespace) -> None:
         raise _needs_extra("demo", error) from None
     from otel_perf.errors import DemoError
 
+    _checked_settings()  # the demo's app reads them too, where a bad one would only be a log line
     console = Console()
     try:
-        result = run_demo(console, rounds=args.rounds)
+        result = run_demo(console, rounds=args.rounds, release=args.release, save=args.save)
+    except OSError as error:
+        _say(f"demo failed: can't write {error.filename}: {error.strerror}")
+        raise Exit(1) from None
     except DemoError as error:
         _say(f"demo failed: {error}")
         raise Exit(1) from None
     print_result(console, result)
+    if args.save is not None:
+        console.print(
+            f"The demo's traces as OTLP JSON lines: {args.save}   Analyse: otel-perf analyze {args.save}",
+            soft_wrap=True,
+        )
     if not result.alerts:
         _say("No findings arrived: otel-perf is not working in this environment.")
         raise Exit(1)
 
 
-def analyze(args: argparse.Namespace) -> None:
-    """Analyse exported traces: alerts as JSON lines on stdout, progress on stderr."""
-    from otel_perf.errors import OtlpFormatError, SettingsError
-    from otel_perf.offline import analyze_traces, read_traces
-    from otel_perf.settings import Settings
+_SEVERITIES = ("low", "medium", "high", "critical")
 
-    try:
-        settings = Settings.from_env(strict=True)
-    except SettingsError as error:
-        _say(f"otel-perf: {error}")
-        raise Exit(2) from None
+
+def analyze(args: argparse.Namespace) -> None:
+    """Analyse exported traces (OTLP JSON lines): alerts as JSON lines on stdout, progress on stderr.
+
+    Exit status: 0 analysed; 1 malformed lines were skipped (the rest was analysed); 2 a usage or
+    settings error, a file that can't be read or holds no OTLP trace line (nothing analysed);
+    3 with --fail-on, an alert at or above that severity (3 wins over 1: both fail a CI step, and
+    the last lines say which of the two happened)."""
+    from otel_perf.errors import OtlpFormatError
+    from otel_perf.offline import NoTraceLines, Progress, analyze_traces, read_trace_file
+
+    settings = _checked_settings()
     problems: list[str] = []
+    progress = Progress(sys.stderr)
+
+    def say(message: str) -> None:
+        progress.clear()
+        _say(message)
 
     def report(error: OtlpFormatError) -> None:
         problems.append(str(error))
         if len(problems) <= 10:
-            _say(f"skipped {error}")
+            say(f"skipped {error}")
 
     traces: dict[int, list[SpanNode]] = {}
     for path in args.files:
-        _say(f"Reading {path}…")
+        say(f"Reading {path}…")
+        name = "<stdin>" if str(path) == "-" else str(path)
         try:
             with sys.stdin.buffer if str(path) == "-" else Path(path).open("rb") as stream:
-                for trace_id, nodes in read_traces([stream], report).items():
+                for trace_id, nodes in read_trace_file(stream, name, report, progress).items():
                     traces.setdefault(trace_id, []).extend(nodes)
         except OSError as error:
-            _say(f"otel-perf: can't read {path}: {error.strerror}")
+            say(f"otel-perf: can't read {path}: {error.strerror}")
+            raise Exit(2) from None
+        except NoTraceLines as error:
+            say(f"otel-perf: {error}")
             raise Exit(2) from None
     spans = sum(len(nodes) for nodes in traces.values())
-    _say(f"Read {spans} spans in {len(traces)} traces from {len(args.files)} file(s).")
+    say(f"Read {spans} spans in {len(traces)} traces from {len(args.files)} file(s).")
     alerts: list[dict[str, object]] = []
-    for alert in analyze_traces(traces, settings, dedup=args.dedup):
+    for alert in analyze_traces(traces, settings, dedup=args.dedup, progress=progress):
         alerts.append(alert.to_json())
+        progress.clear()
         sys.stdout.write(json.dumps(alerts[-1], separators=(",", ":"), default=str) + "\n")
     sys.stdout.flush()
+    progress.clear()
     if args.summary:
         _print_summary(alerts)
     if problems:
         _say(f"{len(problems)} malformed line(s) skipped.")
+    if args.fail_on is not None:
+        threshold = _SEVERITIES.index(args.fail_on)
+        failing = [alert for alert in alerts if _SEVERITIES.index(str(alert["severity"])) >= threshold]
+        if failing:
+            counts = ", ".join(
+                f"{sum(alert['severity'] == level for alert in failing)} {level}"
+                for level in reversed(_SEVERITIES[threshold:])
+                if any(alert["severity"] == level for alert in failing)
+            )
+            _say(
+                f"otel-perf analyze: failed (--fail-on {args.fail_on}): {len(failing)} alert(s) at "
+                f"or above {args.fail_on} ({counts})."
+            )
+            raise Exit(3)
+        _say(
+            f"otel-perf analyze: passed (--fail-on {args.fail_on}): no alert at or above "
+            f"{args.fail_on} ({len(alerts)} below)."
+        )
+    if problems:
         raise Exit(1)
 
 
@@ -127,6 +187,36 @@ def _print_summary(alerts: list[dict[str, object]]) -> None:
     Console(stderr=True).print(alerts_table(alerts, title=f"{len(alerts)} alert(s)"))
 
 
+def report(args: argparse.Namespace) -> None:
+    """Write one self-contained HTML report (health, endpoints over time, trends, N+1 offenders, slow
+    queries, resources) from alerts (JSON lines) and/or exported traces (OTLP JSON lines): without
+    --alerts, the traces are analysed as `otel-perf analyze` does."""
+    if not args.alerts and not args.traces:
+        _say(
+            "otel-perf report: nothing to report on: give --alerts FILE (alert JSON lines, e.g. "
+            "OTEL_PERF_ALERTS_FILE or `otel-perf analyze` output) and/or --traces FILE (OTLP JSON lines)"
+        )
+        raise Exit(2)
+    from otel_perf.report import load, render, write
+
+    settings = _checked_settings()
+    try:
+        inputs = load(args.alerts or [], args.traces or [], settings, _say)
+    except OSError as error:
+        _say(f"otel-perf report: can't read {error.filename}: {error.strerror}")
+        raise Exit(2) from None
+    page = render(inputs, settings, top=args.top)
+    try:
+        write(args.output, page)
+    except OSError as error:
+        _say(f"otel-perf report: can't write {args.output}: {error.strerror}")
+        raise Exit(2) from None
+    _say(f"Wrote {args.output} ({len(page.encode()) // 1024} KiB).")
+    if inputs.problems:
+        _say(f"{len(inputs.problems)} malformed line(s) skipped.")
+        raise Exit(1)
+
+
 def analyzer(args: argparse.Namespace) -> None:
     """Run the collector-side analyzer: OTLP in (from the collector's groupbytrace), whole traces
     analysed, traces and alerts back to the collector. Settings: OTEL_PERF_ANALYZER_* and the rest."""
@@ -134,23 +224,53 @@ def analyzer(args: argparse.Namespace) -> None:
         from otel_perf.analyzer.server import Analyzer
     except ImportError as error:
         raise _needs_extra("analyzer", error) from None
-    from otel_perf.log_setup import ensure_stderr_logging
+    from otel_perf.errors import SettingsError
     from otel_perf.processors.analysis import build_detectors
-    from otel_perf.settings import Settings, warn_about_unknown_variables
 
-    ensure_stderr_logging()
-    settings = Settings.from_env()
-    warn_about_unknown_variables(os.environ)
-    Analyzer(
-        settings.analyzer,
-        detectors=build_detectors(settings.detectors),
-        router=settings.router,
-        sinks=settings.sinks,
-        analyses=settings.processor.analyses_in_collector,
-        skip_marked=settings.processor.mode == "both",
-        monitor=settings.monitor,
-        monitors=settings.monitors,
-    ).serve()
+    settings = _checked_settings()  # a server stops on a bad value rather than run on a default
+    for variable, endpoint in (
+        ("OTEL_PERF_ANALYZER_GRPC_ENDPOINT", settings.analyzer.grpc_endpoint),
+        ("OTEL_PERF_ANALYZER_HTTP_ENDPOINT", settings.analyzer.http_endpoint),
+    ):
+        problem = _cannot_listen(endpoint)
+        if problem:
+            _say(f"otel-perf: {variable}={endpoint!r}: can't listen there ({problem})")
+            raise Exit(2)
+    try:
+        Analyzer(
+            settings.analyzer,
+            detectors=build_detectors(settings.detectors),
+            router=settings.router,
+            sinks=settings.sinks,
+            analyses=settings.processor.analyses_in_collector,
+            skip_marked=settings.processor.mode == "both",
+            monitor=settings.monitor,
+            monitors=settings.monitors,
+        ).serve()
+    except OSError as error:  # an endpoint it can't listen on (taken, no such address)
+        _say(f"otel-perf analyzer: {error}")
+        raise Exit(1) from None
+    except SettingsError as error:  # a token or TLS file it can't use (checked before anything starts)
+        _say(f"otel-perf analyzer: {error}")
+        raise Exit(2) from None
+
+
+def _cannot_listen(endpoint: str) -> str | None:
+    """Why `host:port` can't be listened on (no such address, taken), or None: said here in one line
+    naming the variable, where the servers would say it in a traceback or a line of their own."""
+    import socket
+
+    host, _, port = endpoint.rpartition(":")
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            probe.bind(address)
+    except OSError as error:
+        return error.strerror or str(error)
+    return None
 
 
 def rig_up(args: argparse.Namespace) -> None:
@@ -165,6 +285,7 @@ def rig_up(args: argparse.Namespace) -> None:
         raise _needs_extra("rig", error) from None
     from otel_perf.errors import RigError, ToolchainError
 
+    _checked_settings()  # passed on to the analyzers, which would stop on a bad one
     stack = Stack(args.state_dir or default_state_dir(), analyzers=args.analyzers)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True), transient=False) as progress:
@@ -259,6 +380,18 @@ def settings(args: argparse.Namespace) -> None:
     _print_table(rows)
 
 
+def doctor(args: argparse.Namespace) -> None:
+    """Say why otel-perf sees nothing or too much here: which instrumentations the launcher activates
+    or skips, whether otel-perf's distro and configurator load, whether the collector answers, and
+    what each OTEL_PERF_* variable does. Run it with the app's environment variables; exit 1 when
+    something that matters is off."""
+    from otel_perf.doctor import run
+
+    code = run(as_json=args.json, show_all=args.all)
+    if code:
+        raise Exit(code)
+
+
 def sitecustomize(args: argparse.Namespace) -> None:
     """Print the directory to prepend to PYTHONPATH: PYTHONPATH=$(otel-perf sitecustomize) python main.py"""
     import otel_perf.bootstrap
@@ -296,9 +429,31 @@ def _parser() -> argparse.ArgumentParser:
     demo_parser.add_argument(
         "--rounds", type=int, default=3, help="How many times each endpoint is requested."
     )
+    demo_parser.add_argument(
+        "--save",
+        type=Path,
+        metavar="FILE",
+        help="Write the shop's traces to FILE as OTLP JSON lines, for `otel-perf analyze FILE` "
+        "(they go there instead of to OTEL_EXPORTER_OTLP_ENDPOINT).",
+    )
+    demo_parser.add_argument(
+        "--release",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Restart the shop as release 1.1.0, whose search is slower, for the trend monitor (~20 s).",
+    )
     analyze_parser = command("analyze", analyze)
+    analyze_parser.formatter_class = argparse.RawDescriptionHelpFormatter  # the exit statuses, as written
+    analyze_parser.description = inspect.cleandoc(analyze.__doc__ or "")
     analyze_parser.add_argument(
         "files", nargs="+", help="OTLP JSON lines files (the collector's file exporter format); - for stdin."
+    )
+    analyze_parser.add_argument(
+        "--fail-on",
+        choices=_SEVERITIES,
+        metavar="SEVERITY",
+        help="Exit with status 3 when any alert is at or above SEVERITY (low, medium, high, "
+        "critical): a CI gate.",
     )
     analyze_parser.add_argument(
         "--dedup",
@@ -311,6 +466,19 @@ def _parser() -> argparse.ArgumentParser:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="Print a table of the alerts on stderr at the end.",
+    )
+    report_parser = command("report", report)
+    report_parser.add_argument(
+        "--alerts", action="append", metavar="FILE", help="Alert JSON lines (repeatable)."
+    )
+    report_parser.add_argument(
+        "--traces", action="append", metavar="FILE", help="OTLP JSON lines, as `analyze` reads (repeatable)."
+    )
+    report_parser.add_argument(
+        "-o", "--output", required=True, metavar="FILE", help="The HTML file to write."
+    )
+    report_parser.add_argument(
+        "--top", type=_at_least_one, default=10, help="How many N+1 offenders to list."
     )
     command("analyzer", analyzer)
     rig = commands.add_parser(
@@ -331,6 +499,11 @@ def _parser() -> argparse.ArgumentParser:
     settings_parser = command("settings", settings)
     settings_parser.add_argument(
         "--markdown", action="store_true", help="Print the documentation table instead."
+    )
+    doctor_parser = command("doctor", doctor)
+    doctor_parser.add_argument("--json", action="store_true", help="One JSON document, for machines.")
+    doctor_parser.add_argument(
+        "--all", action="store_true", help="List every setting, not only those set in the environment."
     )
     command("sitecustomize", sitecustomize)
     return parser

@@ -8,6 +8,7 @@ do; none carries a secret (a webhook URL, a literal).
     ├── RequestTooLarge                over OTEL_PERF_ANALYZER_MAX_REQUEST_BYTES: 413 / RESOURCE_EXHAUSTED
     ├── Unavailable                    the analyzer's way back is full: 503 / UNAVAILABLE, retry later
     ├── WebhookError                   delivery to the webhook failed (never names the URL)
+    ├── ChannelError                   an Apprise channel did not take the alert (scheme and host only)
     ├── DemoError                      `otel-perf demo` could not run the bundled app
     ├── RigError                       a service of the local stack did not start (tail of its log)
     └── ToolchainError                 a binary can't be built or found (what failed, what to do)
@@ -18,6 +19,7 @@ from __future__ import annotations
 from otel_perf.processors.errors import OtelPerfError, OtlpFormatError, SettingsError
 
 __all__ = [
+    "ChannelError",
     "DemoError",
     "OtelPerfError",
     "OtlpFormatError",
@@ -45,6 +47,11 @@ class Unavailable(OtelPerfError):
 
 class WebhookError(OtelPerfError):
     """Delivery to the webhook failed (the message never contains the URL)."""
+
+
+class ChannelError(OtelPerfError):
+    """An Apprise channel (e-mail, Slack, …) did not take the alert: retried by the outbox. Names the
+    channel by scheme and host only (its URL carries credentials)."""
 
 
 class DemoError(OtelPerfError):

@@ -1,4 +1,7 @@
-"""Alerts as a rich table, for `otel-perf demo` and the summary of `otel-perf analyze`."""
+"""Alerts as a rich table, for `otel-perf demo` and the summary of `otel-perf analyze`.
+
+Alert text (titles quoting SQL such as `[dbo].[orders]`, paths, URLs) goes into rich markup only
+through `rich.markup.escape`: shown as written, never interpreted, never a `MarkupError`."""
 
 from __future__ import annotations
 
@@ -24,11 +27,17 @@ def _evidence(alert: Mapping[str, Any]) -> str:
 
 
 def _where(alert: Mapping[str, Any]) -> str:
+    """The code location and, where the alert has one (`OTEL_PERF_TRACE_URL`), the trace's link.
+    Every piece is text from the app (paths, function names, URLs): escaped, never markup."""
+    lines = []
     location = alert.get("details", {}).get("code_location")
-    if not location:
-        return ""
-    where = f"{os.path.basename(str(location.get('file')))}:{location.get('line')}"
-    return f"{escape(where)}\n[dim]{escape(str(location.get('function')))}[/]"
+    if location:
+        where = f"{os.path.basename(str(location.get('file')))}:{location.get('line')}"
+        lines += [escape(where), f"[dim]{escape(str(location.get('function')))}[/]"]
+    link = alert.get("trace_url")
+    if link:
+        lines.append(f"[dim]trace: {escape(str(link))}[/]")
+    return "\n".join(lines)
 
 
 def _finding(alert: Mapping[str, Any]) -> str:

@@ -2,7 +2,8 @@
 `otel-perf analyze` alike, so both read the same file the same way.
 
 OTLP/JSON is the protobuf JSON mapping except that trace and span ids are hex, not base64; the
-standard `json_format` parser is used once the ids are converted.
+standard `json_format` parser is used once the ids are converted. Ids already in base64 (what
+protobuf's own `MessageToJson` writes) are taken as they are.
 """
 
 from __future__ import annotations
@@ -54,6 +55,18 @@ def decode_protobuf(payload: bytes, message: MessageT) -> MessageT:
     return message
 
 
+def _is_base64_id(text: str, size: int) -> bool:
+    """Whether `text` is the padded base64 of `size` bytes: protobuf's JSON mapping writes ids so
+    (`MessageToJson`). Its length (24 or 12) is never a hex id's (32 or 16), so neither is taken
+    for the other."""
+    if len(text) != 4 * ((size + 2) // 3):
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == size
+    except (binascii.Error, ValueError):
+        return False
+
+
 def _ids_to_base64(value: Any, depth: int = 0) -> Any:
     if depth > _MAX_JSON_DEPTH:
         raise OtlpFormatError("not a valid OTLP JSON request (nested too deeply)")
@@ -61,6 +74,9 @@ def _ids_to_base64(value: Any, depth: int = 0) -> Any:
         converted = {}
         for key, item in value.items():
             if key in _ID_HEX_LENGTHS and isinstance(item, str):
+                if _is_base64_id(item, _ID_HEX_LENGTHS[key] // 2):
+                    converted[key] = item  # protobuf's own JSON mapping (`MessageToJson`): already base64
+                    continue
                 if item and len(item) != _ID_HEX_LENGTHS[key]:
                     raise OtlpFormatError(
                         f"{key} must be {_ID_HEX_LENGTHS[key]} hex characters, got {item[:40]!r}"
@@ -96,7 +112,7 @@ def parse_json(payload: bytes | str) -> dict[str, Any]:
 
 
 def message_from_json(document: dict[str, Any], message: MessageT) -> MessageT:
-    """Fill `message` from a parsed OTLP/JSON object (hex ids)."""
+    """Fill `message` from a parsed OTLP/JSON object (hex ids, or protobuf JSON's base64 ones)."""
     converted = _ids_to_base64(document)
     try:
         return ParseDict(converted, message, ignore_unknown_fields=True)

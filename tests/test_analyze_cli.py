@@ -287,3 +287,239 @@ def test_a_span_dated_2200_neither_breaks_the_replay_nor_hides_the_rest(tmp_path
     assert "dated far from the rest of the input" in result.stderr
     times = sorted(alert["time"][:13] for alert in _alerts(result.stdout) if alert["type"] == "n_plus_one")
     assert times == ["2025-01-01T00", "2025-01-01T01", "2025-01-01T02"]
+
+
+# --- CI gates, the inputs users really have, progress, `demo --save` (issue 17) ---------------------
+
+
+def _findings(stdout: str) -> list[tuple[str, str, str, object]]:
+    return sorted(
+        (alert["type"], alert["severity"], alert["operation"], alert["details"].get("count"))
+        for alert in _alerts(stdout)
+    )
+
+
+def test_fail_on_exits_3_at_or_above_the_severity_and_0_below(tmp_path: Path) -> None:
+    """The file's alerts: one low (a 12-query N+1), one medium (a 250 ms query). --fail-on high
+    passes; medium and low fail with status 3, the last line saying why; with a malformed line too,
+    3 wins over 1 and both are said."""
+    path = _export_file(tmp_path, [BASE_NS])
+    below = _analyze(str(path), "--fail-on", "high")
+    assert below.returncode == 0, below.stderr
+    assert "passed (--fail-on high): no alert at or above high (2 below)" in below.stderr
+    at = _analyze(str(path), "--fail-on", "medium")
+    assert at.returncode == 3, at.stderr
+    assert at.stderr.splitlines()[-1] == (
+        "otel-perf analyze: failed (--fail-on medium): 1 alert(s) at or above medium (1 medium)."
+    )
+    above = _analyze(str(path), "--fail-on", "low", "--no-summary")
+    assert above.returncode == 3
+    assert "2 alert(s) at or above low (1 medium, 1 low)" in above.stderr
+    assert len(_alerts(above.stdout)) == 2  # the alerts are all written, whatever the verdict
+    with_bad_line = _analyze("-", "--fail-on", "low", stdin=path.read_text() + "{not json\n")
+    assert with_bad_line.returncode == 3
+    assert (
+        "1 malformed line(s) skipped." in with_bad_line.stderr
+        and "failed (--fail-on low)" in with_bad_line.stderr
+    )
+    assert _analyze("-", "--fail-on", "critical", stdin=path.read_text() + "{x\n").returncode == 1
+    wrong = _analyze(str(path), "--fail-on", "severe")
+    assert wrong.returncode == 2 and "invalid choice: 'severe'" in wrong.stderr
+    assert (
+        "3 with --fail-on"
+        in subprocess.run([OTEL_PERF, "analyze", "--help"], capture_output=True, text=True, check=True).stdout
+    )
+
+
+def test_a_file_without_otlp_trace_lines_is_named_and_fails(tmp_path: Path) -> None:
+    """Empty, CSV, metrics only, Zipkin v2 JSON: status 2 and what the file looks like instead,
+    never "no findings" (which a CI gate would take for a pass)."""
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    csv = tmp_path / "spans.csv"
+    csv.write_text("trace_id,span_id,name,duration_ms\nab12,cd34,GET /orders,12\n")
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"resourceMetrics": []}) + "\n")
+    zipkin = tmp_path / "zipkin.json"
+    zipkin.write_text(
+        json.dumps(
+            [
+                {
+                    "traceId": "ab" * 16,
+                    "id": "cd" * 8,
+                    "name": "get /orders",
+                    "kind": "SERVER",
+                    "timestamp": BASE_NS // 1000,
+                    "duration": 1200,
+                    "localEndpoint": {"serviceName": "billing"},
+                }
+            ],
+            indent=2,
+        )
+    )
+    expected = {
+        empty: "the file is empty",
+        csv: "it looks like CSV or text (first line: 'trace_id,span_id,name,duration_ms')",
+        metrics: "it holds OTLP metrics or logs only",
+        zipkin: "it looks like Zipkin v2 JSON (a list of spans with traceId, id, localEndpoint)",
+    }
+    for path, what in expected.items():
+        result = _analyze(str(path))
+        assert result.returncode == 2, (path, result.stderr)
+        assert f"otel-perf: no OTLP trace lines found in {path}: {what}" in result.stderr, result.stderr
+        assert "file exporter" in result.stderr and "Traceback" not in result.stderr
+    from_stdin = _analyze("-", stdin="")
+    assert from_stdin.returncode == 2 and "no OTLP trace lines found in <stdin>" in from_stdin.stderr
+
+
+def test_protobuf_json_with_base64_ids_gives_the_findings_of_hex_ids(tmp_path: Path) -> None:
+    """What protobuf's own `MessageToDict`/`MessageToJson` write: ids in base64, not OTLP/JSON's
+    hex; one request per line, or one indented document."""
+    from google.protobuf.json_format import MessageToDict, MessageToJson
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "billing"}))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _request_with_n_plus_one(provider, BASE_NS, range(1, 13))
+    spans = exporter.get_finished_spans()
+    hex_file = tmp_path / "hex.jsonl"
+    hex_file.write_text(otlp_json_line(spans) + "\n")
+    base64_lines = tmp_path / "base64.jsonl"
+    base64_lines.write_text(
+        "\n".join(json.dumps(MessageToDict(encode_spans(part))) for part in (spans[:5], spans[5:])) + "\n"
+    )
+    assert '"traceId": "' in base64_lines.read_text() and "==" in base64_lines.read_text()
+    indented = tmp_path / "message.json"
+    indented.write_text(MessageToJson(encode_spans(spans)))
+    expected = _findings(_analyze(str(hex_file)).stdout)
+    assert [finding[0] for finding in expected] == ["n_plus_one", "slow_span"]
+    for path in (base64_lines, indented):
+        result = _analyze(str(path))
+        assert result.returncode == 0, result.stderr
+        assert _findings(result.stdout) == expected
+        assert "Read 14 spans in 1 traces" in result.stderr
+
+
+def test_jaeger_json_from_a_real_jaeger_is_analysed_like_the_otlp_it_came_from(tmp_path: Path) -> None:
+    """The OTLP lines posted to a real Jaeger, downloaded back from its query API as Jaeger's JSON
+    (what its UI downloads): accepted, converted to OTLP JSON and decoded like any line, with the
+    same findings."""
+    import httpx
+
+    from otel_perf.stack.rig import Stack, StackPorts
+    from tests.support.apps import wait_until
+
+    path = _export_file(tmp_path, [BASE_NS])
+    trace_id = json.loads(path.read_text().splitlines()[0])["resourceSpans"][0]["scopeSpans"][0]["spans"][0][
+        "traceId"
+    ]
+    stack = Stack(tmp_path / "rig", StackPorts.free())
+    jaeger = stack.service("jaeger")
+    log = (tmp_path / "jaeger.log").open("w")
+    process = subprocess.Popen(jaeger.argv, env=jaeger.env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: _answers(jaeger.health_url), timeout=60, what="Jaeger")
+        for line in path.read_text().splitlines():
+            response = httpx.post(
+                f"http://127.0.0.1:{stack.ports.jaeger_otlp_http}/v1/traces",
+                content=line,
+                headers={"Content-Type": "application/json"},
+                timeout=10,
+            )
+            assert response.status_code == 200, response.text
+        query = f"http://127.0.0.1:{stack.ports.jaeger_query}/api/traces/{trace_id}"
+
+        def whole_trace() -> str | None:
+            response = httpx.get(query, timeout=10)
+            if response.status_code != 200 or len(response.json()["data"][0]["spans"]) < 14:
+                return None
+            return response.text
+
+        download = wait_until(whole_trace, what="the trace in Jaeger")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        log.close()
+    jaeger_file = tmp_path / "jaeger-trace.json"
+    jaeger_file.write_text(json.dumps(json.loads(download), indent=2))  # the UI's download is indented
+    result = _analyze(str(jaeger_file))
+    assert result.returncode == 0, result.stderr
+    assert _findings(result.stdout) == _findings(_analyze(str(path)).stdout)
+    assert "Read 14 spans in 1 traces" in result.stderr
+    one_line = _analyze("-", stdin=download)  # the query API's answer, as is
+    assert one_line.returncode == 0 and _findings(one_line.stdout) == _findings(result.stdout)
+    nothing = _analyze("-", stdin=json.dumps({"data": [], "total": 0}))
+    assert nothing.returncode == 2 and "it is Jaeger's JSON" in nothing.stderr
+
+
+def _answers(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_progress_on_a_terminal_and_nothing_otherwise(tmp_path: Path) -> None:
+    """stderr a terminal: a progress line (lines, MB/s, traces analysed), wiped before anything else
+    is written. Not a terminal (every other test here): not a byte of it."""
+    import os
+    import pty
+
+    path = _export_file(tmp_path, [BASE_NS, BASE_NS + 3600 * 10**9])
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [OTEL_PERF, "analyze", str(path), "--no-summary"], stdout=subprocess.PIPE, stderr=terminal
+    )
+    os.close(terminal)
+    out, _ = process.communicate(timeout=60)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(controller)
+    assert process.returncode == 0, screen
+    text = screen.decode()
+    assert "Read 4 lines, 0.0 MB (" in text and " MB/s)" in text, text
+    assert "Analysed 2 of 2 traces" in text, text
+    assert "\r\x1b[K" in text
+    assert len(_alerts(out.decode())) == 4
+    plain = _analyze(str(path))
+    assert "MB/s" not in plain.stderr and "\x1b[K" not in plain.stderr and "Analysed" not in plain.stderr
+
+
+def test_demo_save_writes_otlp_lines_analyze_finds_the_demo_problems_in(tmp_path: Path) -> None:
+    """`otel-perf demo --save FILE` (without the release step, the demo's short mode): the shop's
+    own exports, as OTLP JSON lines, in which `otel-perf analyze` finds what the demo showed."""
+    import os
+
+    saved = tmp_path / "traces.jsonl"
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+    demo = subprocess.run(
+        [OTEL_PERF, "demo", "--no-release", "--rounds", "1", "--save", str(saved)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "COLUMNS": "200"},
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert f"otel-perf analyze {saved}" in demo.stdout
+    result = _analyze(str(saved), "--fail-on", "low")
+    assert result.returncode == 3, result.stderr
+    alerts = _alerts(result.stdout)
+    n_plus_one = {
+        alert["operation"]: alert["details"]["count"] for alert in alerts if alert["type"] == "n_plus_one"
+    }
+    assert n_plus_one["GET /orders"] == 25 and n_plus_one["GET /reports/order-lines"] == 20
+    assert n_plus_one["GET /stock/sequential"] == 8 and n_plus_one["GET /stock/parallel"] == 8
+    from otel_perf.demo.runner import EXPECTED_FINDINGS
+
+    assert {alert["operation"] for alert in alerts} == EXPECTED_FINDINGS
+    assert "Traceback" not in result.stderr

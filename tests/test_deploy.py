@@ -414,8 +414,16 @@ def test_grafana_provisioning_is_wired() -> None:
         assert dashboards, f"no dashboards in {directory}"
         for path in dashboards:
             for panel in json.loads(path.read_text())["panels"]:
+                if panel["type"] == "row":  # a heading; its panels follow it at the top level
+                    assert not panel.get("panels"), f"{path.name}: {panel['title']}: keep rows expanded"
+                    continue
                 assert panel["datasource"]["uid"] in by_uid, f"{path.name}: {panel['title']}"
                 assert all(target["expr"] for target in panel["targets"])
+    # The alerts panel's source: the compose Alertmanager (tests/test_dashboards.py checks the queries).
+    services = compose()["services"]
+    alertmanager = httpx.URL(by_uid["alertmanager"]["url"])
+    assert by_uid["alertmanager"]["type"] == "alertmanager" and alertmanager.host in services
+    assert f"--web.listen-address=0.0.0.0:{alertmanager.port}" in services[alertmanager.host]["command"]
 
 
 def _mounts(service: dict[str, Any]) -> dict[str, bool]:
@@ -567,3 +575,30 @@ def test_demo_launcher_serves_the_shop_on_the_configured_address(tmp_path: Path)
         process.terminate()
         process.wait(timeout=10)
         log.close()
+
+
+def test_alertmanager_templates_sit_beside_its_config_everywhere() -> None:
+    """collector/alertmanager.yml names its templates relative to itself (Alertmanager reads them
+    beside the config file): compose and Kubernetes put each next to it, and the package ships it."""
+    templates = load_yaml(COLLECTOR_DIR / "alertmanager.yml")["templates"]
+    assert templates == ["alertmanager.tmpl"]
+    for name in templates:
+        assert not PurePosixPath(name).is_absolute() and (COLLECTOR_DIR / name).is_file()
+
+    def beside(container: Container) -> None:
+        config_flag = next(arg for arg in container.args if arg.startswith("--config.file="))
+        config = PurePosixPath(config_flag.removeprefix("--config.file="))
+        assert container.mounts[str(config)] == COLLECTOR_DIR / "alertmanager.yml", container.where
+        for name in templates:
+            assert container.mounts.get(str(config.parent / name)) == COLLECTOR_DIR / name, (
+                f"{container.where}: {name} is not mounted beside {config}"
+            )
+
+    beside(compose_containers()["alertmanager"])
+    beside(k8s_containers()["otel-perf-alertmanager/alertmanager"])
+    # An installed otel-perf (`otel-perf rig` outside a checkout) has the template too.
+    line = re.search(r'^"otel_perf\.collector" = \[(.*)\]$', (ROOT / "pyproject.toml").read_text(), re.M)
+    assert line, "pyproject.toml: no package data for otel_perf.collector"
+    globs = re.findall(r'"([^"]+)"', line.group(1))
+    for name in templates:
+        assert any(PurePosixPath(name).match(glob) for glob in globs), f"{name} is not package data"

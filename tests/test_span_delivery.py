@@ -9,9 +9,6 @@ served by uvicorn under `opentelemetry-instrument`, default BSP settings.
 
 from __future__ import annotations
 
-import json
-import socket
-import subprocess
 import sys
 import threading
 import time
@@ -34,8 +31,8 @@ from otel_perf.processors import TraceAnalysisSpanProcessor
 from otel_perf.processors.analysis import build_detectors
 from otel_perf.processors.processor import ProcessorSettings
 from otel_perf.settings import Settings
-from otel_perf.stack import toolchain
-from tests.support.apps import RunningApp, free_port, start_app, wait_until
+from tests.support.apps import RunningApp, start_app, wait_until
+from tests.support.file_collector import FileCollector
 
 APP_SOURCE = '''
 import time
@@ -77,79 +74,21 @@ def flush() -> dict:
     return {"flushed": trace.get_tracer_provider().force_flush()}
 '''
 
-COLLECTOR_CONFIG = """
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:{grpc}
-exporters:
-  file:
-    path: {out}
-    flush_interval: 100ms
-service:
-  telemetry:
-    metrics:
-      level: none
-    logs:
-      level: warn
-  pipelines:
-    traces:
-      receivers: [otlp]
-      exporters: [file]
-"""
-
 ALERT_SPAN = "perf.alert"  # otel-perf's own addition, not a span plain OpenTelemetry would deliver
 
 
-class Collector:
-    """The real collector binary; counts the spans it received by trace id (from its file exporter)."""
+class Collector(FileCollector):
+    """The real collector; counts the spans it received by trace id (from its file exporter)."""
 
     def __init__(self, workdir: Path) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.grpc_port = free_port()
-        self.out = workdir / "spans.jsonl"
-        config = workdir / "collector.yaml"
-        config.write_text(COLLECTOR_CONFIG.format(grpc=self.grpc_port, out=self.out))
-        self.log_path = workdir / "collector.log"
-        binary = toolchain.ensure_binary("otelcol")
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [str(binary), "--config", str(config)], stdout=log, stderr=subprocess.STDOUT
-            )
+        super().__init__(workdir)
         self.counts: Counter[str] = Counter()
         self._offset = 0
-        wait_until(self._accepting, timeout=30, what="the collector's OTLP gRPC port")
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.grpc_port}"
-
-    def _accepting(self) -> bool:
-        if self.process.poll() is not None:
-            raise AssertionError(f"collector exited:\n{self.log_path.read_text()[-4000:]}")
-        try:
-            with socket.create_connection(("127.0.0.1", self.grpc_port), timeout=0.5):
-                return True
-        except OSError:
-            return False
 
     def poll(self) -> Counter[str]:
         """Spans received so far, by trace id (new complete lines of the file exporter's output)."""
-        if self.out.exists():
-            with self.out.open("rb") as file:
-                file.seek(self._offset)
-                data = file.read()
-            end = data.rfind(b"\n") + 1
-            self._offset += end
-            for line in data[:end].splitlines():
-                if not line.strip():
-                    continue
-                for resource_spans in json.loads(line).get("resourceSpans", ()):
-                    for scope_spans in resource_spans.get("scopeSpans", ()):
-                        for span in scope_spans.get("spans", ()):
-                            if span.get("name") != ALERT_SPAN:
-                                self.counts[span["traceId"]] += 1
+        spans, self._offset = self.all_spans(self._offset)
+        self.counts.update(span["traceId"] for span in spans if span.get("name") != ALERT_SPAN)
         return self.counts
 
     def settle(self, trace_ids: list[str], expected: int | None, timeout: float = 15.0) -> int:
@@ -169,14 +108,6 @@ class Collector:
                 return sum(counts[trace_id] for trace_id in trace_ids)
             if now - last_change >= 2.0 or now > deadline:
                 return got
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @pytest.fixture(scope="module")

@@ -19,10 +19,21 @@ class Alert:
     # see a retry twice (a timeout after the POST arrived) can drop the second (`Idempotency-Key`).
     key: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self, trace_url: str | None = None) -> dict[str, Any]:
+        """The alert contract's JSON; with `trace_url` (a template with `{trace_id}`), a `trace_url`
+        field too, where the alert has a trace (the contract is extended, never renamed)."""
         data = self.finding.to_json()
         data["occurrences"] = self.occurrences
+        link = self.trace_link(trace_url)
+        if link:
+            data["trace_url"] = link
         return data
+
+    def trace_link(self, trace_url: str | None) -> str:
+        """The template with this alert's trace id in it; "" without a template or a trace."""
+        if not trace_url or not self.finding.trace_id:
+            return ""
+        return trace_url.replace("{trace_id}", self.finding.trace_id)
 
     def to_record(self) -> dict[str, Any]:
         """Everything a sink reads, as JSON (the outbox keeps alerts across restarts)."""

@@ -302,15 +302,16 @@ class AlertRouter:
             return False
 
     def _ensure_workers(self) -> None:
-        """One worker per sink, started lazily (a pre-fork master never starts one)."""
+        """One worker per sink (by destination: two channels of one kind are two workers), started
+        lazily (a pre-fork master never starts one)."""
         with self._wake:
             for sink in self.sinks:
-                worker = self._workers.get(sink.name)
+                worker = self._workers.get(_destination(sink))
                 if worker is None or not worker.is_alive():
                     worker = threading.Thread(
                         target=self._run, args=(sink,), name=f"otel-perf-alerts-{sink.name}", daemon=True
                     )
-                    self._workers[sink.name] = worker
+                    self._workers[_destination(sink)] = worker
                     worker.start()
 
     def _run(self, sink: Sink) -> None:

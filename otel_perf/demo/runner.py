@@ -6,7 +6,9 @@ traces and alerts arrive there too).
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gzip
 import json
 import os
 import shutil
@@ -15,13 +17,18 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import IO
 
 import httpx
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from rich.console import Console
 
 from otel_perf.errors import DemoError
@@ -98,9 +105,25 @@ BASELINE_S = 10.0  # seconds (windows) of search traffic on 1.0.0
 SEARCH_USERS = 3
 
 
-def run_demo(console: Console, rounds: int = 3, timeout_s: float = 60.0, release: bool = True) -> DemoResult:
+def run_demo(
+    console: Console,
+    rounds: int = 3,
+    timeout_s: float = 60.0,
+    release: bool = True,
+    save: Path | None = None,
+) -> DemoResult:
     """The shop on 1.0.0 with every kind of traffic; then, with `release`, restarted as 1.1.0, whose
-    search is slower: the trend monitor compares it with the baseline the first run left behind."""
+    search is slower: the trend monitor compares it with the baseline the first run left behind.
+    With `save`, the shop's traces are written there as OTLP JSON lines (see `TraceSaver`)."""
+    if save is None:
+        return _run_demo(console, rounds, timeout_s, release, {})
+    with TraceSaver(save) as saver:
+        return _run_demo(console, rounds, timeout_s, release, saver.environment())
+
+
+def _run_demo(
+    console: Console, rounds: int, timeout_s: float, release: bool, export_env: dict[str, str]
+) -> DemoResult:
     workdir = Path(tempfile.mkdtemp(prefix="otel-perf-demo-"))
     shutil.copy(APP_SOURCE, workdir / "main.py")
     alerts_file = workdir / "alerts.jsonl"
@@ -114,6 +137,7 @@ def run_demo(console: Console, rounds: int = 3, timeout_s: float = 60.0, release
         # Export attempts with no collector would retry for seconds at shutdown.
         "OTEL_EXPORTER_OTLP_TIMEOUT": os.environ.get("OTEL_EXPORTER_OTLP_TIMEOUT", "2"),
         "PYTHONUNBUFFERED": "1",
+        **export_env,
     }
     with _running(console, workdir, env, RELEASES[0], timeout_s) as client:
         with console.status(f"Sending traffic to {RELEASES[0]}…"):
@@ -139,6 +163,91 @@ def run_demo(console: Console, rounds: int = 3, timeout_s: float = 60.0, release
     found = _operations(alerts)
     quiet = [path for path, _ in TRAFFIC if f"GET {_route_of(path)}" not in found]
     return DemoResult(alerts, quiet, workdir)
+
+
+class TraceSaver:
+    """A loopback OTLP/HTTP receiver the shop exports its traces to, writing each export request as
+    one OTLP JSON line (hex ids), the collector's file exporter format, which `otel-perf analyze`
+    reads. The app itself is left as it is: only its exporter's endpoint changes, so the file
+    holds exactly the spans a collector would have received."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.requests = 0
+        self._lock = threading.Lock()
+        self._file: IO[str] | None = None
+        saver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if self.headers.get("Content-Encoding") == "gzip":
+                    body = gzip.decompress(body)
+                try:
+                    saver.write(body)
+                except Exception as error:  # a request we can't read: refused, never a crash
+                    self.send_error(400, str(error)[:200])
+                    return
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet: the demo's screen is for findings."""
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="otel-perf-demo-save", daemon=True
+        )
+
+    def environment(self) -> dict[str, str]:
+        """The app's exporter settings that send its traces here (OTLP over HTTP/protobuf)."""
+        port = self._server.server_address[1]
+        return {
+            "OTEL_TRACES_EXPORTER": "otlp_proto_http",
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{port}/v1/traces",
+        }
+
+    def write(self, payload: bytes) -> None:
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(payload)
+        line = json.dumps(_hex_ids(MessageToDict(request)), separators=(",", ":"))
+        with self._lock:
+            assert self._file is not None
+            self._file.write(line + "\n")
+            self._file.flush()
+            self.requests += 1
+
+    def __enter__(self) -> TraceSaver:
+        self._file = self.path.open("w", encoding="utf-8")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        with self._lock:
+            assert self._file is not None
+            self._file.close()
+
+
+_ID_FIELDS = frozenset(("traceId", "spanId", "parentSpanId"))
+
+
+def _hex_ids(value: object) -> object:
+    """Protobuf JSON's base64 ids as OTLP/JSON's hex ones, as the file exporter writes them."""
+    if isinstance(value, dict):
+        return {
+            key: base64.b64decode(item).hex()
+            if key in _ID_FIELDS and isinstance(item, str)
+            else _hex_ids(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_hex_ids(item) for item in value]
+    return value
 
 
 @contextlib.contextmanager

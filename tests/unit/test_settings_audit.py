@@ -113,7 +113,7 @@ def bad_values(variable: str, field: str, info: FieldInfo) -> list[str]:
         return ["urgent"]
     if typing.get_origin(annotation) is dict:
         return ["{not json", "[1, 2]", '{"a": "b"}']
-    if annotation is SecretStr and variable.endswith("_URL"):
+    if annotation is SecretStr and variable.endswith(("_URL", "_URLS")):
         return ["ftp://example.com/x", "http://", "example.com/hook"]
     if annotation is str:
         return list(BAD_STRINGS)
