@@ -96,7 +96,9 @@ class Section(BaseSettings):
         for field, message in problems:
             logger.error("otel-perf: %s; using the default", message)
             if field in cls.model_fields:
-                fallback[field] = cls.model_fields[field].get_default(call_default_factory=True)
+                fallback[_init_key(cls, field)] = cls.model_fields[field].get_default(
+                    call_default_factory=True
+                )
         try:
             return cls(**fallback)
         except (ValidationError, SourceError) as error:  # e.g. the source itself failed
@@ -106,9 +108,18 @@ class Section(BaseSettings):
                 "; ".join(message for _, message in describe_errors(cls, error)),
             )
             defaults = {
-                name: info.get_default(call_default_factory=True) for name, info in cls.model_fields.items()
+                _init_key(cls, name): info.get_default(call_default_factory=True)
+                for name, info in cls.model_fields.items()
             }
             return cls(**{**defaults, **overrides})  # values given outright: no variable is read
+
+
+def _init_key(section: type[Section], field: str) -> str:
+    """The key a value given outright must have to replace the variable's: a field read from a
+    variable outside the section's prefix (`validation_alias`) is keyed by that name (pydantic
+    before 2.11 prefers the alias when both are given)."""
+    alias = section.model_fields[field].validation_alias
+    return alias if isinstance(alias, str) else field
 
 
 def _shown(section: type[Section], field: str, value: object) -> str:

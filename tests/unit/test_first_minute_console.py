@@ -290,11 +290,13 @@ def test_otel_log_level_sets_otel_perfs_level(
     from otel_perf.log_setup import ensure_stderr_logging
 
     ours = logging.getLogger("otel_perf")
-    before = ours.level
+    before, handlers, propagate = ours.level, list(ours.handlers), ours.propagate
     monkeypatch.setenv("OTEL_LOG_LEVEL", value)
     try:
         ours.setLevel(logging.NOTSET)
         ensure_stderr_logging()
         assert ours.level == level
-    finally:
+    finally:  # as it was: later tests read otel-perf's lines through the root logger (caplog)
         ours.setLevel(before)  # (setLevel, not setattr: it also clears the loggers' level cache)
+        ours.handlers[:] = handlers
+        ours.propagate = propagate
