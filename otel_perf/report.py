@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from otel_perf import __version__
-from otel_perf.offline import analyze_traces, read_traces, replay_bounds
+from otel_perf.offline import NoTraceLines, analyze_traces, read_trace_file, replay_bounds
 from otel_perf.processors import semconv
 from otel_perf.processors.detectors.calls import statement_template
 from otel_perf.processors.errors import OtlpFormatError
@@ -126,7 +126,12 @@ def load(
             problem(f"{source}: {error}")
 
         with Path(path).open("rb") as binary:
-            for trace_id, nodes in read_traces([binary], trace_problem).items():
+            try:  # OTLP JSON lines, one indented OTLP document, or Jaeger's JSON
+                read = read_trace_file(binary, str(path), trace_problem)
+            except NoTraceLines as error:
+                problem(str(error))
+                read = {}
+            for trace_id, nodes in read.items():
                 traces.setdefault(trace_id, []).extend(nodes)
     if trace_paths:
         spans = sum(len(nodes) for nodes in traces.values())

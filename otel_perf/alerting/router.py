@@ -369,4 +369,7 @@ class AlertRouter:
                 sink.close()
             except Exception:
                 logger.debug("otel-perf: closing %s failed", sink.name, exc_info=True)
-        self.outbox.close()
+        # A worker still in a delivery (a hung webhook) keeps the outbox: closed under it, its next
+        # step would raise in its thread; what it holds is delivered by the next process instead.
+        if not any(worker.is_alive() for worker in self._workers.values()):
+            self.outbox.close()

@@ -23,6 +23,9 @@ _ENTRY_KINDS = frozenset({"SPAN_KIND_SERVER", "SPAN_KIND_CONSUMER", "SERVER", "C
 _ERROR_CODES = frozenset({"STATUS_CODE_ERROR", "Error", "ERROR"})
 _DELTA = 1  # AggregationTemporality.AGGREGATION_TEMPORALITY_DELTA
 _SPREAD = 4  # points per bucket
+# Cumulative streams remembered; the least recently reported is forgotten first (its next point is
+# a new baseline). Far above a real deployment's routes by services by versions.
+MAX_STREAMS = 100_000
 _MAX_COUNT = 2**53  # requests in one report: far beyond any real one, still exact as a float
 
 
@@ -77,8 +80,10 @@ class SpanMetricsReader:
         counts = list(point.bucket_counts)
         if not delta:
             stream = (tuple(sorted(resource.items())), tuple(sorted(labels.items())))
-            previous = self._last.get(stream)
+            previous = self._last.pop(stream, None)  # re-inserted: the dict's order is recency
             self._last[stream] = (point.start_time_unix_nano, counts)
+            if len(self._last) > MAX_STREAMS:  # labels a sender invents can't grow it for ever
+                del self._last[next(iter(self._last))]
             if previous is None:
                 return None  # the baseline: what came before we were listening is not news
             start, before = previous

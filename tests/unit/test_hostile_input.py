@@ -19,6 +19,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Sp
 
 from otel_perf.analyzer.server import _gunzip
 from otel_perf.errors import OtlpFormatError, RequestTooLarge
+from otel_perf.processors.monitors import spanmetrics
 from otel_perf.processors.monitors.resources import samples_from_metrics
 from otel_perf.processors.monitors.spanmetrics import SpanMetricsReader
 from otel_perf.processors.otlp import decode_json, decode_protobuf
@@ -255,3 +256,26 @@ def test_a_json_object_that_is_no_otlp_is_a_named_line(line: str) -> None:
 def test_metrics_and_logs_of_the_same_export_are_still_skipped_quietly() -> None:
     lines = ['{"resourceMetrics": []}', '{"resourceLogs": []}', json.dumps(_document())]
     assert [node.name for _, node in read_json_lines(lines)] == ["GET /"]
+
+
+def test_cumulative_streams_remembered_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sender inventing a new label set per report can't grow the reader's memory for ever; the
+    streams still reporting keep their baseline."""
+    monkeypatch.setattr(spanmetrics, "MAX_STREAMS", 50)
+    reader = SpanMetricsReader()
+
+    def cumulative(route: str, counts: list[int]) -> ExportMetricsServiceRequest:
+        request = _spanmetrics([5.0, 10.0], counts)
+        metric = request.resource_metrics[0].scope_metrics[0].metrics[0]
+        metric.histogram.aggregation_temporality = 2  # cumulative: read against the last report
+        metric.histogram.data_points[0].attributes.extend([_kv("http.route", route)])
+        return request
+
+    assert reader.requests(cumulative("/kept", [1, 1, 1])) == []  # the baseline
+    for number in range(500):
+        reader.requests(cumulative(f"/invented/{number}", [1, 1, 1]))
+        if number % 10 == 0:
+            reader.requests(cumulative("/kept", [1, 1, 1]))
+    assert len(reader._last) <= 50
+    [found] = reader.requests(cumulative("/kept", [2, 1, 1]))
+    assert found.count == 1

@@ -107,3 +107,31 @@ def test_a_record_round_trips_everything_a_sink_reads() -> None:
     alert.finding.root_span_id = 42
     again = Alert.from_record(alert.to_record())
     assert again == alert
+
+
+def test_a_shutdown_that_times_out_leaves_a_delivering_worker_its_outbox(tmp_path: Path) -> None:
+    """A webhook hangs past the shutdown's wait: the worker finishes later on an open outbox, no
+    traceback in its thread (the outbox used to be closed under it: sqlite3.ProgrammingError)."""
+    release = threading.Event()
+    errors: list[BaseException] = []
+    previous_hook = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)  # type: ignore[assignment,misc]
+
+    class HungSink(RecordingSink):
+        def send(self, alert: Alert) -> None:
+            release.wait(10)
+            super().send(alert)
+
+    hung = HungSink("webhook")
+    r = AlertRouter(RouterSettings(), [hung], outbox=Outbox(tmp_path / "alerts.sqlite3"))
+    try:
+        r.submit([finding("a")])
+        time.sleep(0.3)  # the worker is in the delivery
+        r.shutdown(timeout_s=0.1)
+        release.set()
+        wait_for(lambda: len(hung.alerts) == 1, timeout=5)
+        time.sleep(0.3)  # the worker marks it delivered, then sees the stop
+        assert errors == []
+    finally:
+        release.set()
+        threading.excepthook = previous_hook
