@@ -84,6 +84,9 @@ def demo(args: argparse.Namespace) -> None:
     except DemoError as error:
         _say(f"demo failed: {error}")
         raise Exit(1) from None
+    except KeyboardInterrupt:  # Ctrl+C or SIGTERM: the shop is stopped and its directory removed
+        _say("demo interrupted")
+        raise Exit(130) from None
     print_result(console, result)
     if args.save is not None:
         console.print(

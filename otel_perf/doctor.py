@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, TextIO, cast
 
 from otel_perf import __version__
+from otel_perf.bootstrap.checks import requirement_text
 from otel_perf.bootstrap.collector import Endpoint, otlp_endpoints, probe
 from otel_perf.bootstrap.distro import OTLP_DEFAULTS
 
@@ -193,31 +194,16 @@ def _conflict_state(conflict: Any) -> tuple[str, str]:
     required_any = list(getattr(conflict, "required_any", None) or ())
     found_any = list(getattr(conflict, "found_any", None) or ())
     if found:
-        return "conflict", f"{found} is installed, but it instruments only {_requirement(required)}"
+        return "conflict", f"{found} is installed, but it instruments only {requirement_text(required)}"
     if found_any:
-        wanted = " or ".join(_requirement(each) for each in required_any)
+        wanted = " or ".join(requirement_text(each) for each in required_any)
         return "conflict", f"{', '.join(found_any)} installed, but it instruments only {wanted}"
     if required:
-        return "not_installed", f"{_requirement(required, name_only=True)} is not installed"
+        return "not_installed", f"{requirement_text(required, name_only=True)} is not installed"
     if required_any:
-        names = " or ".join(_requirement(each, name_only=True) for each in required_any)
+        names = " or ".join(requirement_text(each, name_only=True) for each in required_any)
         return "not_installed", f"{names} {'is' if len(required_any) == 1 else 'are'} not installed"
     return "conflict", str(conflict)
-
-
-def _requirement(requirement: Any, *, name_only: bool = False) -> str:
-    """`sqlalchemy>=1.0.0,<2.1.0` of a requirement (without its `extra == "instruments"` marker)."""
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    try:
-        parsed = requirement if isinstance(requirement, Requirement) else Requirement(str(requirement))
-    except InvalidRequirement:
-        return str(requirement)
-    if name_only:
-        return parsed.name
-    # Lower bounds first, as people write ranges.
-    specifiers = sorted((str(each) for each in parsed.specifier), key=lambda text: not text.startswith(">"))
-    return parsed.name + ",".join(specifiers)
 
 
 def inspect_instrumentations(environ: Mapping[str, str]) -> list[Instrumentation]:

@@ -71,3 +71,59 @@ def alerts_table(alerts: Iterable[Mapping[str, Any]], title: str = "Findings") -
             _where(alert),
         )
     return table
+
+
+def _finding_key(alert: Mapping[str, Any]) -> tuple[str, ...]:
+    """What makes two alerts one finding: the fingerprint; without one, type, endpoint and statement."""
+    fingerprint = alert.get("fingerprint")
+    if fingerprint:
+        return ("fingerprint", str(fingerprint))
+    details = alert.get("details", {})
+    statement = details.get("statement") or details.get("normalized") or alert.get("title", "")
+    return (str(alert.get("type")), str(alert.get("operation")), str(statement))
+
+
+def group_findings(alerts: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], int]]:
+    """One entry per finding, worst first: its most severe (then latest) sighting and how often it
+    was seen. A finding is alerted again when it gets worse or after the cooldown, and each alert's
+    `occurrences` counts the repeats held back before it: a reader wants one line, not one per alert."""
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for alert in alerts:
+        groups.setdefault(_finding_key(alert), []).append(alert)
+    found = []
+    for sightings in groups.values():
+        worst = min(
+            reversed(sightings), key=lambda alert: SEVERITY_ORDER.get(str(alert.get("severity", "low")), 9)
+        )
+        count = 0
+        for alert in sightings:
+            occurrences = alert.get("occurrences")
+            count += occurrences if isinstance(occurrences, int) and occurrences > 0 else 1
+        found.append((worst, count))
+    found.sort(
+        key=lambda each: (
+            SEVERITY_ORDER.get(str(each[0].get("severity", "low")), 9),
+            str(each[0].get("operation", "")),
+        )
+    )
+    return found
+
+
+def findings_table(alerts: Iterable[Mapping[str, Any]], title: str = "Findings") -> Table:
+    """The demo's table: one row per finding (see `group_findings`) with its count of sightings.
+    Long text folds inside its cell, never cut with an ellipsis: the fix must be readable in full
+    on an 80-column terminal."""
+    table = Table(title=title, show_lines=True, expand=True)
+    table.add_column("Severity", no_wrap=True)
+    table.add_column("Endpoint", ratio=2, overflow="fold")
+    table.add_column("Finding", ratio=6, overflow="fold")
+    table.add_column("Where", ratio=2, overflow="fold")
+    for alert, count in group_findings(alerts):
+        severity = str(alert.get("severity", ""))
+        table.add_row(
+            Text.assemble((severity.upper(), SEVERITY_STYLES.get(severity, "")), f"\n×{count}"),
+            escape(str(alert.get("operation"))),
+            _finding(alert),
+            _where(alert),
+        )
+    return table

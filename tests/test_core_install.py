@@ -81,10 +81,16 @@ def test_the_core_commands_work_and_the_others_name_their_extra(core: Path, tmp_
     assert Path(_run(cli, "sitecustomize").stdout.strip(), "sitecustomize.py").is_file()
     settings = _run(cli, "settings")
     assert settings.returncode == 0 and "OTEL_PERF_ENABLED" in settings.stdout
+    quiet = tmp_path / "quiet.jsonl"  # one healthy request: nothing to find
+    span = {"traceId": "ab" * 16, "spanId": "cd" * 8, "name": "GET /ping", "kind": 2}
+    span |= {"startTimeUnixNano": "1795000000000000000", "endTimeUnixNano": "1795000000002000000"}
+    quiet.write_text(json.dumps({"resourceSpans": [{"scopeSpans": [{"spans": [span]}]}]}) + "\n")
+    analyzed = _run(cli, "analyze", str(quiet))
+    assert analyzed.returncode == 0 and "No findings." in analyzed.stderr, analyzed.stderr
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    analyzed = _run(cli, "analyze", str(empty))
-    assert analyzed.returncode == 0 and "No findings." in analyzed.stderr, analyzed.stderr
+    analyzed = _run(cli, "analyze", str(empty))  # not "no findings": a CI gate would pass on it
+    assert analyzed.returncode == 2 and "no OTLP trace lines found" in analyzed.stderr, analyzed.stderr
     for command, extra in (("demo", "demo"), ("analyzer", "analyzer"), ("rig", "stack")):
         args = [command, "status"] if command == "rig" else [command]
         result = _run(cli, *args)

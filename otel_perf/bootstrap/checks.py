@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger("otel_perf.bootstrap")
 
@@ -49,7 +50,9 @@ def skipped_instrumentations() -> list[SkippedInstrumentation]:
             continue
         if conflict is not None and conflict.found:
             skipped.append(
-                SkippedInstrumentation(entry_point.name, str(conflict.required), str(conflict.found))
+                SkippedInstrumentation(
+                    entry_point.name, requirement_text(conflict.required), str(conflict.found)
+                )
             )
     return skipped
 
@@ -57,3 +60,18 @@ def skipped_instrumentations() -> list[SkippedInstrumentation]:
 def warn_about_skipped_instrumentations() -> None:
     for skipped in skipped_instrumentations():
         logger.warning(skipped.message())
+
+
+def requirement_text(requirement: Any, *, name_only: bool = False) -> str:
+    """`sqlalchemy>=1.0.0,<2.1.0` of a requirement (without its `extra == "instruments"` marker)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        parsed = requirement if isinstance(requirement, Requirement) else Requirement(str(requirement))
+    except InvalidRequirement:
+        return str(requirement)
+    if name_only:
+        return parsed.name
+    # Lower bounds first, as people write ranges.
+    specifiers = sorted((str(each) for each in parsed.specifier), key=lambda text: not text.startswith(">"))
+    return parsed.name + ",".join(specifiers)

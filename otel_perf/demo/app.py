@@ -185,7 +185,7 @@ def search_products(prefix: str = "SKU-00") -> dict[str, object]:
     with Session(engine) as session:
         skus = session.scalars(select(Item.sku).where(Item.sku.startswith(prefix)).distinct().limit(10)).all()
     if INLINE_RECOMMENDATIONS:
-        time.sleep(0.03)  # stands in for a synchronous call to a recommendation service
+        time.sleep(0.2)  # stands in for a synchronous call to a recommendation service
     return {"skus": list(skus)}
 
 
