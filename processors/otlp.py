@@ -93,6 +93,21 @@ def _ids_to_base64(value: Any, depth: int = 0) -> Any:
     return value
 
 
+def hex_ids(value: Any) -> Any:
+    """Protobuf's JSON (`MessageToDict`: ids in base64) as OTLP/JSON, ids in hex, as the
+    collector's file exporter writes it and `otel-perf analyze` reads it."""
+    if isinstance(value, dict):
+        return {
+            key: base64.b64decode(item).hex()
+            if key in _ID_HEX_LENGTHS and isinstance(item, str)
+            else hex_ids(item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [hex_ids(item) for item in value]
+    return value
+
+
 def parse_json(payload: bytes | str) -> dict[str, Any]:
     """The JSON object of an OTLP/JSON payload."""
     try:

@@ -6,7 +6,6 @@ traces and alerts arrive there too).
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import gzip
 import json
@@ -33,6 +32,7 @@ from rich.console import Console
 from rich.text import Text
 
 from otel_perf.errors import DemoError
+from otel_perf.processors.otlp import hex_ids
 from otel_perf.render import findings_table, group_findings
 
 APP_SOURCE = Path(__file__).with_name("app.py")
@@ -253,7 +253,7 @@ class TraceSaver:
     def write(self, payload: bytes) -> None:
         request = ExportTraceServiceRequest()
         request.ParseFromString(payload)
-        line = json.dumps(_hex_ids(MessageToDict(request)), separators=(",", ":"))
+        line = json.dumps(hex_ids(MessageToDict(request)), separators=(",", ":"))
         with self._lock:
             assert self._file is not None
             self._file.write(line + "\n")
@@ -271,23 +271,6 @@ class TraceSaver:
         with self._lock:
             assert self._file is not None
             self._file.close()
-
-
-_ID_FIELDS = frozenset(("traceId", "spanId", "parentSpanId"))
-
-
-def _hex_ids(value: object) -> object:
-    """Protobuf JSON's base64 ids as OTLP/JSON's hex ones, as the file exporter writes them."""
-    if isinstance(value, dict):
-        return {
-            key: base64.b64decode(item).hex()
-            if key in _ID_FIELDS and isinstance(item, str)
-            else _hex_ids(item)
-            for key, item in value.items()
-        }
-    if isinstance(value, list):
-        return [_hex_ids(item) for item in value]
-    return value
 
 
 @contextlib.contextmanager
