@@ -55,7 +55,10 @@ class Postgres:
         server._run(
             str(bindir / "initdb"), "-D", str(datadir / "data"), "-U", user, "--auth=trust", "-E", "UTF8"
         )
-        options = f"-p {server.port} -c listen_addresses=127.0.0.1 -k {datadir} -c fsync=off"
+        # jit=off: asyncpg's first query on a new connection introspects types (pg_sleep's void)
+        # with a query PostgreSQL may JIT-compile, ~60 ms inside the app's query span; asyncpg's
+        # documentation recommends it off.
+        options = f"-p {server.port} -c listen_addresses=127.0.0.1 -k {datadir} -c fsync=off -c jit=off"
         server._run(
             str(bindir / "pg_ctl"),
             "-D",
