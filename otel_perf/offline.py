@@ -488,7 +488,12 @@ def _watch(watcher: Watcher, tree: TraceTree) -> None:
             and node.name != semconv.ALERT_SPAN_NAME
         ):
             watcher.record(
-                node.service, node.name, node.service_version, node.end_ns, node.duration_ns, node.is_error
+                node.service,
+                tree.operation(node),  # behind a mount, the whole route
+                node.service_version,
+                node.end_ns,
+                node.duration_ns,
+                node.is_error,
             )
 
 

@@ -41,12 +41,16 @@ class AnalysisBudget:
         last = self._last_analysed.get(operation)
         return last is None or now - last > self.fairness_s
 
-    def charge(self, operation: str, cpu_seconds: float) -> None:
-        """An analysis of `operation` took `cpu_seconds` of CPU."""
+    def charge(self, cpu_seconds: float, *operations: str | None) -> None:
+        """An analysis took `cpu_seconds` of CPU; the trace was each of `operations` (a request's
+        name when it started and, behind a mount, its whole route: both asked `allow`)."""
         if self.unlimited:
             return
         self._tokens -= cpu_seconds
-        self._last_analysed[operation] = time.monotonic()
-        self._last_analysed.move_to_end(operation)
+        now = time.monotonic()
+        for operation in operations:
+            if operation is not None:
+                self._last_analysed[operation] = now
+                self._last_analysed.move_to_end(operation)
         while len(self._last_analysed) > _MAX_OPERATIONS:
             self._last_analysed.popitem(last=False)

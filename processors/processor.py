@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import SpanKind, StatusCode, get_current_span
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -48,20 +48,23 @@ from otel_perf.processors.failsafe import record_failure
 from otel_perf.processors.findings import FindingsHandler, default_handler
 from otel_perf.processors.monitors import Watcher, build_watcher
 from otel_perf.processors.sources import READABLE
-from otel_perf.processors.tree import FirstRequests
+from otel_perf.processors.tree import FirstRequests, join_mount, mount_piece
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from opentelemetry.context import Context
+    from opentelemetry.trace import SpanContext
 
     from otel_perf.processors.detectors.base import Detector
 
 logger = logging.getLogger("otel_perf.processor")
 _CLIENT = SpanKind.CLIENT
+_INTERNAL = SpanKind.INTERNAL
 _REQUEST_KINDS = (SpanKind.SERVER, SpanKind.CONSUMER)
 _BARE_CALL_KINDS = (SpanKind.CLIENT, SpanKind.PRODUCER)  # as a local root: no request (`tree.starts_request`)
 _MAX_SKIPPED_REMEMBERED = 4096
+_MAX_MOUNTS_REMEMBERED = 4096
 
 Mode = Literal["in_process", "collector", "both"]
 
@@ -152,10 +155,11 @@ PROCESSOR_COUNTERS = (
 class _TraceState:
     """What the processor keeps per held trace, beside its spans (`engine.Held`)."""
 
-    __slots__ = ("open_roots", "operation", "request_path_s")
+    __slots__ = ("mounted", "open_roots", "operation", "request_path_s")
 
-    def __init__(self, operation: str) -> None:
-        self.operation = operation
+    def __init__(self, operation: str, mounted: str | None = None) -> None:
+        self.operation = operation  # its root's name when it started: what the budget was asked for
+        self.mounted = mounted  # behind a mount, the whole route (see `_enter_mount`)
         self.open_roots = 0
         self.request_path_s = 0.0  # CPU its analysis cost the request thread (call-site capture)
 
@@ -218,7 +222,11 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         self._traces = self._engine.traces
         # Traces not analysed (CPU share, max_traces): a later local root of the same trace (the app
         # calling itself) must not start a fragment of it, which would be analysed without its entry.
-        self._skipped: OrderedDict[int, None] = OrderedDict()
+        # The value: a CPU-share skip not counted yet (see `_enter_mount`), or None once counted.
+        self._skipped: OrderedDict[int, str | None] = OrderedDict()
+        # Requests served by a mounted sub-application, by span id (the root's and each mount's): the
+        # root's id and name, and the whole operation (see `_enter_mount`).
+        self._mounts: OrderedDict[int, tuple[int, str, str]] = OrderedDict()
         # The downstream processors, each with its export queue where one can be read (see _export_targets).
         self._targets: tuple[tuple[SpanProcessor, ...], tuple[tuple[SpanProcessor, _ExportQueue | None], ...]]
         self._targets = ((), ())
@@ -226,8 +234,9 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
     def watch_orm(self) -> bool:
         """Listen to SQLAlchemy for what only the ORM knows (lazy loads; eager loads nobody read,
         when that detector runs). True when listening."""
-        eager = any(detector.name == UNUSED_EAGER_LOAD for detector in self._detectors)
-        return orm.watch_lazy_loads(eager_loads=eager)
+        eager = next((detector for detector in self._detectors if detector.name == UNUSED_EAGER_LOAD), None)
+        min_requests = getattr(getattr(eager, "settings", None), "min_requests", 1)
+        return orm.watch_lazy_loads(eager_loads=eager is not None, min_unread_requests=min_requests)
 
     @property
     def active(self) -> bool:
@@ -252,6 +261,8 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                     self._open_root(trace_id, span.name)
                     if span.kind in _REQUEST_KINDS:
                         self._first_requests.saw(self._identify(span.resource)[0], span.start_time or 0)
+                elif span.kind is _INTERNAL and semconv.first(span.attributes or {}, semconv.HTTP_ROUTE):
+                    self._enter_mount(span, parent, parent_context)
                 # Only traces that will be analysed pay for the call site (and it counts against
                 # the analysis CPU share).
                 if span.kind is _CLIENT:
@@ -286,23 +297,72 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
                 else:
                     reason = None
                 if reason is not None:
-                    self.stats.count_skipped(reason)
-                    skipped[trace_id] = None
+                    if reason == SKIPPED_CPU_SHARE:
+                        skipped[trace_id] = reason  # counted when its root ends: a mount may admit it
+                    else:
+                        self.stats.count_skipped(reason)
+                        skipped[trace_id] = None
                     if len(skipped) > _MAX_SKIPPED_REMEMBERED:
                         skipped.popitem(last=False)
                     return
                 held = engine.open(trace_id, _TraceState(operation))
             held.state.open_roots += 1
 
+    def _enter_mount(self, span: Span, parent: SpanContext, parent_context: Context | None) -> None:
+        """A mounted sub-application (`app.mount("/api", api)`) starts serving a request: its span
+        has the sub-app's route, the request's the mount's (`GET /api`). From here the request is
+        the whole route (`GET /api/articles/{slug}`, the rule `tree.operation` files findings by)
+        for the trend series and the analysis budget, which would otherwise share one `GET /api`
+        among every endpoint behind the mount: a request skipped under that name is analysed if
+        its own route is due."""
+        route = str(semconv.first(span.attributes or {}, semconv.HTTP_ROUTE))
+        mounts = self._mounts
+        engine = self._engine
+        with engine.lock:
+            outer = mounts.get(parent.span_id)
+            if outer is not None:  # a mount in a mount
+                root_id, root_name, base = outer
+            else:
+                request = get_current_span(parent_context)
+                if not isinstance(request, ReadableSpan) or request.kind is not SpanKind.SERVER:
+                    return
+                request_parent = request.parent
+                if request_parent is not None and not request_parent.is_remote:
+                    return
+                root_id, root_name = parent.span_id, request.name
+                base = root_name
+            operation = join_mount(base, mount_piece(route))
+            mounts[span.context.span_id] = mounts[root_id] = (root_id, root_name, operation)
+            while len(mounts) > _MAX_MOUNTS_REMEMBERED:
+                mounts.popitem(last=False)
+            trace_id = span.context.trace_id
+            held = engine.traces.get(trace_id)
+            if held is not None:
+                held.state.mounted = operation
+            elif (
+                self._skipped.get(trace_id) == SKIPPED_CPU_SHARE
+                and not engine.full()
+                and self._budget.allow(operation)
+            ):
+                del self._skipped[trace_id]
+                engine.open(trace_id, _TraceState(root_name, operation)).state.open_roots = 1
+
     def on_end(self, span: ReadableSpan) -> None:
-        if self.watcher is not None:
-            parent = span.parent
-            # A request (a local root, analysed or not), unless a bare query or call (start-up DDL).
-            if (parent is None or parent.is_remote) and span.kind not in _BARE_CALL_KINDS:
+        parent = span.parent
+        if parent is None or parent.is_remote:  # a local root
+            operation = span.name
+            try:
+                operation = self._end_root(span, operation)
+            except Exception:  # never into application code
+                record_failure("span end")
+            # A request (analysed or not), unless a bare query or call (start-up DDL).
+            if self.watcher is not None and span.kind not in _BARE_CALL_KINDS:
                 try:
-                    self._watch(span)
+                    self._watch(span, operation)
                 except Exception:  # never into application code
                     record_failure("request watch")
+        elif span.kind is _INTERNAL and self._mounts:
+            self._mounts.pop(span.context.span_id, None)
         # Spans of traces not being analysed (and late stragglers) go straight to export.
         if self._active and span.context.trace_id in self._traces:
             try:
@@ -323,7 +383,24 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
             self._identity = (resource, service, version)
         return service, version
 
-    def _watch(self, span: ReadableSpan) -> None:
+    def _end_root(self, span: ReadableSpan, operation: str) -> str:
+        """A local root ends: its operation (see `_enter_mount`), and its trace's skip counted once
+        no mount can admit it any more."""
+        if not self._active:
+            return operation
+        trace_id = span.context.trace_id
+        if self._skipped.get(trace_id) is not None:
+            with self._engine.lock:
+                if self._skipped.get(trace_id) == SKIPPED_CPU_SHARE:
+                    self._skipped[trace_id] = None
+                    self.stats.count_skipped(SKIPPED_CPU_SHARE)
+        if self._mounts:
+            mounted = self._mounts.pop(span.context.span_id, None)
+            if mounted is not None:
+                return mounted[2]
+        return operation
+
+    def _watch(self, span: ReadableSpan, operation: str) -> None:
         """One request into the trend and error-rate windows: an append (see `monitors.watcher`)."""
         service, version = self._identify(span.resource)
         watcher = self.watcher
@@ -332,7 +409,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         start, end = span.start_time or 0, span.end_time or 0
         if watcher is not None and span.name != semconv.ALERT_SPAN_NAME:
             watcher.record(
-                service, span.name, version, end, end - start, span.status.status_code is StatusCode.ERROR
+                service, operation, version, end, end - start, span.status.status_code is StatusCode.ERROR
             )
 
     def _buffer(self, span: ReadableSpan) -> bool:
@@ -448,7 +525,7 @@ class TraceAnalysisSpanProcessor(SpanProcessor):
         state = held.state
         cost = time.thread_time() - started + state.request_path_s
         with self._engine.lock:
-            self._budget.charge(state.operation, cost)
+            self._budget.charge(cost, state.operation, state.mounted)
         if findings:
             self.findings.submit(findings)
 

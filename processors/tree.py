@@ -412,7 +412,7 @@ class TraceTree:
             inner = mounted_route(entry, node if node is not entry else _innermost_mount(entry))
             if inner is not None:
                 method = entry.http_method or entry.name.partition(" ")[0]
-                return f"{method} {entry.http_route.rstrip('/')}{inner}"
+                return join_mount(f"{method} {entry.http_route}", inner)
         return entry.name
 
     def is_genuine_entry(self, entry: SpanNode) -> bool:
@@ -442,9 +442,20 @@ def mounted_route(entry: SpanNode, node: SpanNode) -> str | None:
     current: SpanNode | None = node
     while current is not None and current is not entry:
         if current.kind == KIND_INTERNAL and current.http_route and current.service == entry.service:
-            routes.append(current.http_route.rstrip("/") or "/")
+            routes.append(mount_piece(current.http_route))
         current = current.parent
     return "".join(reversed(routes)) if routes else None
+
+
+def mount_piece(route: str) -> str:
+    """A sub-application's route as it is appended to its mount's (see `join_mount`)."""
+    return route.rstrip("/") or "/"
+
+
+def join_mount(operation: str, inner: str) -> str:
+    """`GET /api` and a mounted sub-app's `/articles/{slug}` (pieces, see `mount_piece`): one
+    operation, `GET /api/articles/{slug}`. The one rule for the tree and the span processor."""
+    return f"{operation.rstrip('/')}{inner}"
 
 
 def _innermost_mount(entry: SpanNode) -> SpanNode:

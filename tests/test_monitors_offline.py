@@ -3,7 +3,8 @@ windows and settings) on OTLP JSON lines from `benchmarks.detection.traffic`, wh
 one endpoint slower and another one fail. The slower endpoint gives exactly one trend alert naming
 the release, the failing one an error-rate alert naming it, the unchanged one nothing; the same
 days without a release (the daily cycle alone), or with a harmless release, give no monitor alert;
-and a replay is deterministic and neither reads nor writes the default state file."""
+behind a mounted sub-application the alerts name the whole routes; and a replay is deterministic
+and neither reads nor writes the default state file."""
 
 from __future__ import annotations
 
@@ -61,6 +62,7 @@ class Replays:
     again: Replay  # the same file, $XDG_STATE_HOME holding a state file that knows its windows
     no_release: Replay
     harmless_release: Replay
+    mounted: Replay  # the release, every endpoint served by a sub-app mounted at /api
     state_file: Path
     state_digest_before: str
     state_files_before: list[Path]
@@ -114,6 +116,7 @@ def replays(tmp_path_factory: pytest.TempPathFactory) -> Replays:
         for operation in TRAFFIC.operations
     )
     harmless = _write(root / "harmless.jsonl", replace(TRAFFIC, operations=unchanged))
+    mounted = _write(root / "mounted.jsonl", replace(TRAFFIC, mount="/api"))
 
     # A state file at the default place of a later run's $XDG_STATE_HOME, holding the slower
     # endpoint's windows around the release: read, it would change that run's alerts (those windows
@@ -139,12 +142,13 @@ def replays(tmp_path_factory: pytest.TempPathFactory) -> Replays:
     assert state_file.is_file()
     digest, files = _digest(state_file), sorted(kept_home.rglob("*"))
 
-    homes = {name: root / f"state-{name}" for name in ("release", "no-release", "harmless")}
+    homes = {name: root / f"state-{name}" for name in ("release", "no-release", "harmless", "mounted")}
     processes = {
         "release": _start(release, homes["release"]),
         "again": _start(release, kept_home),
         "no-release": _start(no_release, homes["no-release"]),
         "harmless": _start(harmless, homes["harmless"]),
+        "mounted": _start(mounted, homes["mounted"]),
     }
     done = {name: _finish(process, homes.get(name, kept_home)) for name, process in processes.items()}
     return Replays(
@@ -152,6 +156,7 @@ def replays(tmp_path_factory: pytest.TempPathFactory) -> Replays:
         again=done["again"],
         no_release=done["no-release"],
         harmless_release=done["harmless"],
+        mounted=done["mounted"],
         state_file=state_file,
         state_digest_before=digest,
         state_files_before=files,
@@ -192,6 +197,19 @@ def test_the_failing_endpoint_gives_an_error_rate_alert_naming_the_release(repla
     assert details["errors"] / details["requests"] == pytest.approx(details["error_rate"], abs=1e-3)
     # The first window of the release (at most one later, should it have been too quiet).
     assert 0 <= _ns(details["window_start"]) - RELEASE_NS <= HOUR_NS, details
+
+
+def test_behind_a_mount_the_alerts_name_the_whole_routes(replays: Replays) -> None:
+    # Each request is the mount's server span (`GET /api`) and the sub-app's span under it: before,
+    # the monitors saw one `GET /api` series, slower by a third of the slowdown, and no failing one.
+    replay = replays.mounted
+    requests = TRAFFIC.hours * TRAFFIC.requests_per_hour * len(TRAFFIC.operations)
+    assert f"Read {2 * requests} spans" in replay.stderr
+    trends, errors = replay.of("trend_degradation"), replay.of("error_rate")
+    assert [alert["operation"] for alert in trends] == [SLOWER.name.replace(" /", " /api/", 1)], trends
+    assert {alert["operation"] for alert in errors} == {FAILING.name.replace(" /", " /api/", 1)}, errors
+    assert trends[0]["details"]["version"] == NEW
+    assert {alert["type"] for alert in replay.alerts} == MONITOR_TYPES
 
 
 def test_the_unchanged_endpoint_gives_no_alert_at_all(replays: Replays) -> None:

@@ -1,6 +1,8 @@
 """Days of request traffic as OTLP JSON lines (the collector file exporter's format), for
-`otel-perf analyze` tests and demos of the monitors: one server span per request, latencies
-lognormal around a daily cycle, with a version rollout that may make an operation slower or failing.
+`otel-perf analyze` tests and demos of the monitors: one server span per request (with `mount`, the
+mount's server span and the sub-application's internal span under it, as FastAPI's instrumentation
+gives them), latencies lognormal around a daily cycle, with a version rollout that may make an
+operation slower or failing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 
 HOUR_NS = 3600 * 10**9
 _STATUS_ERROR = 2
+_KIND_INTERNAL = 1
 _KIND_SERVER = 2
 
 
@@ -35,6 +38,7 @@ class Traffic:
     requests_per_hour: int = 60  # per operation
     release_at_hour: int | None = 24 * 8
     versions: tuple[str, str] = ("1.4.0", "1.5.0")
+    mount: str | None = None  # e.g. "/api": every operation served by a sub-app mounted there
     daily_amplitude: float = 0.3  # ± latency over the day (busy afternoons)
     sigma: float = 0.4
     seed: int = 7
@@ -71,6 +75,7 @@ def otlp_json_lines(traffic: Traffic, per_line: int = 500) -> Iterator[str]:
     batch: dict[str, list[dict[str, object]]] = {}
     count = 0
     for operation, version, start, duration, failed in requests(traffic):
+        method, route = operation.name.split(" ", 1)
         span: dict[str, object] = {
             "traceId": f"{rng.getrandbits(128):032x}",
             "spanId": f"{rng.getrandbits(64):016x}",
@@ -78,11 +83,18 @@ def otlp_json_lines(traffic: Traffic, per_line: int = 500) -> Iterator[str]:
             "kind": _KIND_SERVER,
             "startTimeUnixNano": str(start),
             "endTimeUnixNano": str(start + duration),
-            "attributes": [{"key": "http.route", "value": {"stringValue": operation.name.split(" ", 1)[1]}}],
+            "attributes": [{"key": "http.route", "value": {"stringValue": route}}],
             "status": {"code": _STATUS_ERROR} if failed else {},
         }
-        batch.setdefault(version, []).append(span)
-        count += 1
+        spans = [span]
+        if traffic.mount:
+            mounted = {**span, "spanId": f"{rng.getrandbits(64):016x}", "parentSpanId": span["spanId"]}
+            mounted["kind"] = _KIND_INTERNAL
+            span["name"] = f"{method} {traffic.mount}"
+            span["attributes"] = [{"key": "http.route", "value": {"stringValue": traffic.mount}}]
+            spans.append(mounted)
+        batch.setdefault(version, []).extend(spans)
+        count += len(spans)
         if count >= per_line:
             yield _line(traffic.service, batch)
             batch, count = {}, 0

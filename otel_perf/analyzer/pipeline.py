@@ -36,7 +36,7 @@ from otel_perf.processors.findings import Finding, Severity
 from otel_perf.processors.monitors import Watcher
 from otel_perf.processors.monitors.resources import samples_from_metrics
 from otel_perf.processors.monitors.spanmetrics import SpanMetricsReader
-from otel_perf.processors.sources import PROTO, ProtoSpan, spans_from_proto
+from otel_perf.processors.sources import PROTO, ProtoSpan, proto_operations, spans_from_proto
 from otel_perf.processors.tree import ENTRY_KINDS, FirstRequests, TraceTree, starts_request, within_skew
 
 logger = logging.getLogger("otel_perf.analyzer")
@@ -195,13 +195,15 @@ class AnalysisPipeline:
         if record is None:
             return
         for spans in traces.values():
+            operation = proto_operations(spans)
             for span, service, version, _ in spans:
                 if (
                     starts_request(bool(span.parent_span_id), span.kind)
                     and span.name != semconv.ALERT_SPAN_NAME
                 ):
                     start, end = span.start_time_unix_nano, span.end_time_unix_nano
-                    record(service, span.name, version, end, end - start, span.status.code == _STATUS_ERROR)
+                    failed = span.status.code == _STATUS_ERROR
+                    record(service, operation(span, service), version, end, end - start, failed)
 
     def watch_metrics(self, request: Any) -> None:
         """Metrics to the monitors: resource utilisation (CPU, memory, disk) from apps' system
