@@ -423,6 +423,7 @@ def _start(config: pytest.Config, *, early: bool) -> OtelPerfSession:
     from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
     from otel_perf.bootstrap.configurator import build_processor
+    from otel_perf.processors.detectors.unused_eager_load import UnusedEagerLoadSettings
     from otel_perf.processors.errors import SettingsError
     from otel_perf.processors.processor import ProcessorSettings
     from otel_perf.settings import Settings, warn_about_unknown_variables
@@ -433,7 +434,11 @@ def _start(config: pytest.Config, *, early: bool) -> OtelPerfSession:
         processor_settings = ProcessorSettings.load(
             strict=True, enabled=True, mode="in_process", analysis_cpu_share=1.0, capture_code_location=True
         )
-        settings = Settings.from_env(strict=True, processor=processor_settings)
+        # A test is judged on its own requests: an eager load it never read is unused from the first.
+        eager_settings = UnusedEagerLoadSettings.load(strict=True, min_requests=1)
+        settings = Settings.from_env(
+            strict=True, processor=processor_settings, unused_eager_load=eager_settings
+        )
     except SettingsError as error:
         raise pytest.UsageError(f"otel-perf: {error}") from None
     warn_about_unknown_variables(os.environ)

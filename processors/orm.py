@@ -65,6 +65,7 @@ _registered = False
 # The instrumentation's `connect` span (`Engine.connect`) being taken in this context, if any.
 _checkout: contextvars.ContextVar[Span | None] = contextvars.ContextVar("otel_perf_checkout", default=None)
 _eager_loads = False  # whether eager loads are watched (see `watch_lazy_loads`)
+_min_unread_requests = 1  # see `watch_lazy_loads`
 _lock = threading.Lock()
 # The engines the app connected with, for their pools' utilisation (`pool_usage`).
 _engines: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -152,13 +153,15 @@ def _on_statement_done(*_: Any) -> None:
         _pending_eager.set(None)
 
 
-def watch_lazy_loads(eager_loads: bool = True) -> bool:
+def watch_lazy_loads(eager_loads: bool = True, min_unread_requests: int = 1) -> bool:
     """Listen to SQLAlchemy sessions and engines, once per process, if the app uses SQLAlchemy
     (already imported, as the SQLAlchemy instrumentation does at startup); with `eager_loads` (the
     unused-eager-load detector runs), also to every ORM load and to reads of eagerly loaded
-    relationships, which cost a little on each. True when listening."""
-    global _registered, _eager_loads
+    relationships, which cost a little on each. An eager load is marked unused once an operation's
+    requests left it unread `min_unread_requests` times in a row. True when listening."""
+    global _registered, _eager_loads, _min_unread_requests
     with _lock:
+        _min_unread_requests = max(1, min_unread_requests)
         if _registered:
             return True
         if "sqlalchemy" not in sys.modules:
@@ -208,6 +211,7 @@ _SQLALCHEMY_SCOPE = "opentelemetry.instrumentation.sqlalchemy"
 _MAX_TRACES = 4096  # traces with eager loads in flight (older ones are forgotten: never a finding)
 _MAX_CONTEXTS = 256  # query contexts remembered for their span (results loaded in chunks)
 _MAX_SEEN = 256
+_MAX_STREAKS = 4096  # (operation, relationship) pairs whose unread streak is remembered
 _NO_LOAD = frozenset(("noload", None))  # these fill an empty value in at load: not an eager load
 
 
@@ -237,6 +241,8 @@ _last_query: contextvars.ContextVar[_QueryMark | None] = contextvars.ContextVar(
     "otel_perf_last_query", default=None
 )
 _traces: OrderedDict[int, _TraceLoads] = OrderedDict()
+# (the request's root span name, relationship) → requests in a row that loaded it and did not read it.
+_unread_streaks: OrderedDict[tuple[str, str], int] = OrderedDict()
 _context_spans: OrderedDict[int, Span] = OrderedDict()
 _watched: dict[int, bool] = {}  # id(relationship property) → its reads are seen
 _read_names: dict[int, str] = {}  # id(watched class attribute) → "Order.items"
@@ -406,6 +412,27 @@ def _note_read(attribute_id: int) -> None:
             loads.touched.add(name)
 
 
+def _unread_long_enough(spans: Sequence[ReadableSpan], loaded: set[str], read: set[str]) -> set[str]:
+    """Of the relationships this request loaded eagerly, those its operation (its root span's name)
+    left unread in the last `_min_unread_requests` requests that loaded them, this one included. A
+    relationship read only on some requests (`if user.is_admin: order.customer`) is not unused;
+    a read starts the count over."""
+    root = next((span.name for span in spans if span.parent is None or span.parent.is_remote), "")
+    confirmed = set()
+    with _lock:
+        for name in loaded:
+            key = (root, name)
+            streak = _unread_streaks.pop(key, 0)
+            if name in read:
+                continue
+            _unread_streaks[key] = streak = streak + 1
+            if streak >= _min_unread_requests:
+                confirmed.add(name)
+        while len(_unread_streaks) > _MAX_STREAKS:
+            _unread_streaks.popitem(last=False)
+    return confirmed
+
+
 # (span, attributes to add to it)
 SpanAttributes = list[tuple["ReadableSpan", dict[str, tuple[str, ...]]]]
 
@@ -432,9 +459,10 @@ def _settle(spans: Sequence[ReadableSpan]) -> SpanAttributes | None:
     ended = {span.context.span_id: span for span in spans}
     unused: dict[int, tuple[ReadableSpan, list[str], list[str]]] = {}
     touched = loads.touched
+    confirmed = _unread_long_enough(spans, {name for _, name, _ in loads.eager}, touched)
     for span, name, strategy in loads.eager:
         readable = ended.get(span.context.span_id)
-        if name in touched or readable is None:
+        if name not in confirmed or readable is None:
             continue
         entry = unused.setdefault(id(readable), (readable, [], []))
         if name not in entry[1]:

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,8 @@ from tests.support.recorder import Recorder
 
 # The monitors keep their windows under $XDG_STATE_HOME by default: never the tester's own (apps the
 # tests start inherit it). Tests of persistence name their own file.
-os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="otel-perf-test-state-")
+os.environ["XDG_STATE_HOME"] = _STATE_HOME = tempfile.mkdtemp(prefix="otel-perf-test-state-")
+atexit.register(shutil.rmtree, _STATE_HOME, ignore_errors=True)
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 `opentelemetry-instrument`: a `selectinload`, a `joinedload` and a `lazy="selectin"` relationship
 that the request never reads are reported (sync and async sessions, SQLite and PostgreSQL) with the
 relationship, the strategy, the query that loaded them (no literal) and the time it wasted; the same
-loads read in the endpoint, for one object only, by FastAPI serialising the response, or an empty
-collection that is read, are not."""
+loads read in the endpoint, for one object only, by FastAPI serialising the response, on some
+requests only (never three in a row unread), or an empty collection that is read, are not."""
 
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ USED = [
     "/async/default-used",
     "/async/serialized",
 ]
+REQUESTS_IN_A_ROW = 3  # OTEL_PERF_UNUSED_EAGER_LOAD_MIN_REQUESTS' default
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -59,8 +60,13 @@ def eager_app(request, launch, tmp_path):
 
 
 def test_unused_eager_loads_are_named_and_used_ones_are_not(eager_app) -> None:
-    for path in [*UNUSED, *USED]:
-        eager_app.get(path)
+    # An eager load is unused once three requests in a row left it unread (the default): each
+    # path three times, the used ones too. The conditional read is read every other request.
+    for _ in range(REQUESTS_IN_A_ROW):
+        for path in [*UNUSED, *USED]:
+            eager_app.get(path)
+    for details in ("false", "true", "false", "false", "true", "false", "false"):
+        eager_app.get(f"/sync/selectin-read-when-asked?details={details}")
     wanted = {f"GET {path}" for path in UNUSED}
 
     def unused_alerts(alerts: list[dict]) -> dict[str, dict]:

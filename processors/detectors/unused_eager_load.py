@@ -33,9 +33,19 @@ class UnusedEagerLoadSettings(ScopedSection):
     """`OTEL_PERF_UNUSED_EAGER_LOAD_*`"""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_UNUSED_EAGER_LOAD_")
+    # Counted by the SDK host across requests, before a trace's findings are sought.
+    unscoped: ClassVar[frozenset[str]] = frozenset({"min_requests"})
 
     enabled: bool = Field(
         True, description="Report relationships loaded eagerly whose objects the request never read."
+    )
+    min_requests: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Reported once an endpoint's analysed requests left the loaded objects unread this "
+        "many times in a row (a read starts over): a relationship read on some requests only is not "
+        "unused. 1: from the first request.",
     )
     medium_ms: float = Field(
         50, ge=0, description="Time of the query that loaded them from which severity is medium."

@@ -1,6 +1,7 @@
 """Eager loads the request uses, and ones it never reads: `selectinload`, `joinedload` and a relationship
-configured `lazy="selectin"`, each unused and used (read in the endpoint, for one object only, or by
-FastAPI serialising the response), in sync and async sessions; and an empty collection that is read.
+configured `lazy="selectin"`, each unused and used (read in the endpoint, for one object only, by
+FastAPI serialising the response, or on some requests only), in sync and async sessions; and an
+empty collection that is read.
 
 Every query filters on a string literal (`secret-…`), which must never reach an alert.
 DATABASE_URL (sync driver) and ASYNC_DATABASE_URL (async driver) name the same database; PORT.
@@ -145,6 +146,14 @@ def sync_selectin_used_once() -> dict[int, int]:
     with Session(engine) as session:
         orders = session.scalars(ORDERS.options(selectinload(Order.items))).all()
         return {orders[0].id: len(orders[0].items)}
+
+
+@app.get("/sync/selectin-read-when-asked")
+def sync_selectin_read_when_asked(details: bool = False) -> dict[int, int]:
+    """Items read only when the caller asks for details: the load is used on those requests."""
+    with Session(engine) as session:
+        orders = session.scalars(ORDERS.options(selectinload(Order.items))).all()
+        return {order.id: len(order.items) if details else 0 for order in orders}
 
 
 @app.get("/sync/joined-unused")

@@ -21,19 +21,24 @@ from otel_perf.alerting.router import AlertRouter, RouterSettings
 from otel_perf.processors import TraceAnalysisSpanProcessor
 from otel_perf.processors.analysis import build_detectors
 from otel_perf.processors.detectors import NPlusOneDetector, NPlusOneSettings
+from otel_perf.processors.detectors.unused_eager_load import UnusedEagerLoadSettings
 from otel_perf.processors.processor import ProcessorSettings
 from otel_perf.settings import Settings
 from tests.unit.builders import RecordingSink
 
 
 class Harness:
-    def __init__(self, *, detectors: list | None = None, **processor: Any) -> None:
+    def __init__(
+        self, *, detectors: list | None = None, eager_min_requests: int = 1, **processor: Any
+    ) -> None:
         self.exporter = InMemorySpanExporter()
         self.sink = RecordingSink()
         processor.setdefault("trace_grace_ms", 0)
         processor.setdefault("analysis_cpu_share", 1.0)  # these tests are about analysis, not its budget
         settings = Settings.from_env(
             n_plus_one=NPlusOneSettings(min_repeats=5),
+            # Each request judged on its own, unless a test is about the count across requests.
+            unused_eager_load=UnusedEagerLoadSettings(min_requests=eager_min_requests),
             processor=ProcessorSettings(**processor),
         )
         self.processor = TraceAnalysisSpanProcessor(
@@ -315,3 +320,38 @@ def test_built_with_no_arguments_it_reads_the_environment_and_alerts(tmp_path, m
     provider.shutdown()
     [alert] = [json.loads(line) for line in alerts.read_text().splitlines()]
     assert alert["type"] == "n_plus_one" and alert["operation"] == "GET /authors"
+
+
+def test_behind_a_mount_each_route_has_its_own_share_and_skips_are_counted_once() -> None:
+    """`app.mount("/api", api)`: every request starts as `GET /api`; the sub-app's span names the
+    route. A request skipped under `GET /api` is analysed when its own route is due, and counted
+    as analysed, not skipped (skips are counted when the request ends)."""
+    harness = Harness(analysis_cpu_share=0.0001)
+
+    def request(route: str) -> None:
+        with (
+            harness.tracer.start_as_current_span(
+                "GET /api", kind=SpanKind.SERVER, attributes={"http.route": "/api"}
+            ),
+            harness.tracer.start_as_current_span(
+                f"GET {route}", kind=SpanKind.INTERNAL, attributes={"http.route": route}
+            ),
+        ):
+            for i in range(6):
+                with harness.tracer.start_as_current_span(
+                    "SELECT",
+                    kind=SpanKind.CLIENT,
+                    attributes={"db.system": "sqlite", "db.statement": f"SELECT * FROM t WHERE id = {i}"},
+                ):
+                    pass
+        harness.processor.force_flush()
+
+    for route in ("/orders", "/orders", "/authors", "/orders", "/authors"):
+        request(route)
+    stats = harness.processor.stats
+    assert (stats.traces_analysed, stats.traces_skipped) == (2, 3)
+    assert stats.skipped == {"max_traces": 0, "cpu_share": 3}
+    operations = [alert.finding.operation for alert in harness.sink.alerts]
+    assert operations == ["GET /api/orders", "GET /api/authors"]
+    assert len(harness.flush()["SELECT"]) == 30  # every span exported, analysed or not
+    harness.provider.shutdown()

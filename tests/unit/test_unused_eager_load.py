@@ -334,3 +334,29 @@ def test_watching_reads_changes_nothing_the_app_sees(harness: Harness, engine: A
         ]
     harness.flush()
     assert plain == traced == [(1, [1]), (2, [2]), (3, [])]
+
+
+def test_a_load_is_unused_once_the_operation_left_it_unread_requests_in_a_row(
+    harness: Harness, engine: Any
+) -> None:
+    """The default: three requests in a row. A read (an admin's page reading what a customer's
+    does not) starts the count over; each operation counts its own."""
+    Harness(eager_min_requests=3).provider.shutdown()  # as the processor sets it from its settings
+    try:
+
+        def unused(name: str, read: bool) -> bool:
+            with harness.tracer.start_as_current_span(name, kind=SpanKind.SERVER), Session(engine) as session:
+                orders = session.scalars(select(Order).options(selectinload(Order.items))).all()
+                if read:
+                    [len(order.items) for order in orders]
+            marked = _marked(harness.flush())
+            harness.exporter.clear()
+            return name in marked
+
+        assert [unused("GET /streak/orders", read=False) for _ in range(3)] == [False, False, True]
+        assert unused("GET /streak/orders", read=True) is False
+        assert [unused("GET /streak/orders", read=False) for _ in range(3)] == [False, False, True]
+        assert unused("GET /streak/admin/orders", read=False) is False  # its own count
+        assert unused("GET /streak/orders", read=False) is True  # still unread: still unused
+    finally:
+        orm.watch_lazy_loads(min_unread_requests=1)
