@@ -180,6 +180,7 @@ def watch_lazy_loads(eager_loads: bool = True, min_unread_requests: int = 1) -> 
         event.listen(Pool, "connect", _on_new_connection)
         if eager_loads:
             event.listen(Mapper, "load", _on_load, raw=True)
+            event.listen(Session, "before_flush", _on_before_flush)
         _eager_loads = eager_loads
         _registered = True
         return True
@@ -410,6 +411,22 @@ def _note_read(attribute_id: int) -> None:
         name = _read_names.get(attribute_id)
         if name is not None:
             loads.touched.add(name)
+
+
+@guarded("deleted objects", None)
+def _on_before_flush(session: Any, *_: Any) -> None:
+    """Deleting an object reads what was loaded with it, without its attributes: the flush walks its
+    relationships (cascades, foreign keys to clear). Eager loads of a deleted object were used."""
+    deleted = session.deleted
+    if not _traces or not deleted:
+        return
+    loads = _traces.get(trace.get_current_span().get_span_context().trace_id)
+    if loads is None:
+        return
+    from sqlalchemy import inspect
+
+    for instance in deleted:
+        loads.touched.update(str(relationship) for relationship in inspect(instance).mapper.relationships)
 
 
 def _unread_long_enough(spans: Sequence[ReadableSpan], loaded: set[str], read: set[str]) -> set[str]:

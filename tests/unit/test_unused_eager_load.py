@@ -360,3 +360,22 @@ def test_a_load_is_unused_once_the_operation_left_it_unread_requests_in_a_row(
         assert unused("GET /streak/orders", read=False) is True  # still unread: still unused
     finally:
         orm.watch_lazy_loads(min_unread_requests=1)
+
+
+def test_loads_of_an_object_the_request_deletes_were_used(harness: Harness, engine: Any) -> None:
+    """`session.delete(order)` reads the items loaded with it (to delete or detach them) without
+    going through `order.items`: not an unused eager load."""
+    with (
+        harness.tracer.start_as_current_span("DELETE /orders/{id}", kind=SpanKind.SERVER),
+        Session(engine) as session,
+    ):
+        order = session.scalars(select(Order).where(Order.id == 3).options(selectinload(Order.items))).one()
+        session.delete(order)  # order 3 has no items: nothing to detach
+        session.flush()
+        session.rollback()  # the fixture's rows stay for the other tests
+    with (
+        harness.tracer.start_as_current_span("GET /orders/{id}", kind=SpanKind.SERVER),
+        Session(engine) as session,
+    ):
+        session.scalars(select(Order).where(Order.id == 3).options(selectinload(Order.items))).one()
+    assert _marked(harness.flush()) == {"GET /orders/{id}": (("Order.items",), ("selectinload",))}
