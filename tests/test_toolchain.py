@@ -179,7 +179,7 @@ def test_concurrent_builds_build_once(monkeypatch: pytest.MonkeyPatch, tmp_path:
         built = target.parent / "fake-output"
         built.write_text("#!/bin/sh\n")
         built.chmod(0o755)
-        toolchain._install(built, target)
+        toolchain.install(built, target)
 
     monkeypatch.setitem(toolchain._BUILDERS, "telemetrygen", fake_build)
     with ThreadPoolExecutor(2) as pool:

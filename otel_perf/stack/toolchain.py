@@ -157,7 +157,7 @@ def _manifest_hash() -> str:
     return hashlib.sha256(manifest_path().read_bytes()).hexdigest()[:8]
 
 
-def _cached_name(name: Binary) -> str:
+def cached_name(name: Binary) -> str:
     """File name in the cache: keyed by version (and, for the collector, by the manifest content)."""
     if name == "otelcol":
         dist = read_manifest()["dist"].get("name", "otelcol-perf")
@@ -184,24 +184,24 @@ def _override(name: Binary) -> Path | None:
 def binary_path(name: str) -> Path:
     """Where the binary is or would be after ``ensure_binary``: the override if set, else the cache."""
     binary = _check_name(name)
-    return _override(binary) or cache_dir() / _cached_name(binary)
+    return _override(binary) or cache_dir() / cached_name(binary)
 
 
-def _is_executable(path: Path) -> bool:
+def is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
 
 # --------------------------------------------------------------------------------------------- building
 
 
-def _stderr_progress(name: str, message: str) -> None:
+def stderr_progress(name: str, message: str) -> None:
     print(f"[toolchain] {name}: {message}", file=sys.stderr, flush=True)
 
 
 def ensure_binary(name: str, progress: Progress | None = None) -> Path:
     """Return an executable for ``name``, building it into the cache first if it isn't there."""
     binary = _check_name(name)
-    report = progress or _stderr_progress
+    report = progress or stderr_progress
     override = _override(binary)
     if override is not None:
         var = OVERRIDE_ENV[binary]
@@ -212,17 +212,17 @@ def ensure_binary(name: str, progress: Progress | None = None) -> Path:
         return override
 
     target = binary_path(binary)
-    if _is_executable(target):
+    if is_executable(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock", binary, report):
-        if _is_executable(target):  # another process built it while we waited
+    with locked(target.parent / f".{target.name}.lock", binary, report):
+        if is_executable(target):  # another process built it while we waited
             return target
         _sweep_leftovers(target)
         started = time.monotonic()
         report(binary, f"building {target.name} (not cached yet) into {target.parent}")
         _BUILDERS[binary](target, report)
-        report(binary, f"built in {_duration(time.monotonic() - started)}: {target}")
+        report(binary, f"built in {format_duration(time.monotonic() - started)}: {target}")
     return target
 
 
@@ -232,7 +232,7 @@ def ensure_binaries(names: Iterable[str] = BINARIES, progress: Progress | None =
 
 
 @contextlib.contextmanager
-def _locked(lock_file: Path, name: str, report: Progress) -> Iterator[None]:
+def locked(lock_file: Path, name: str, report: Progress) -> Iterator[None]:
     """Exclusive lock so two processes (e.g. parallel test runs) don't build the same binary at once."""
     with open(lock_file, "a+") as handle:
         try:
@@ -247,7 +247,7 @@ def _locked(lock_file: Path, name: str, report: Progress) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _build_dir(target: Path) -> Iterator[Path]:
+def build_dir(target: Path) -> Iterator[Path]:
     """A scratch dir next to the target (same filesystem, so the final rename is atomic)."""
     path = Path(tempfile.mkdtemp(prefix=f".build-{target.name}-", dir=target.parent))
     try:
@@ -268,9 +268,9 @@ def _sweep_leftovers(target: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
-def _install(built: Path, target: Path) -> None:
+def install(built: Path, target: Path) -> None:
     """Move a finished binary into place atomically: readers see the old state or the whole file."""
-    if not _is_executable(built):
+    if not is_executable(built):
         raise ToolchainError(f"build reported success but produced no executable at {built}")
     staged = target.with_name(f".{target.name}.tmp{os.getpid()}")
     shutil.move(str(built), staged)
@@ -278,7 +278,7 @@ def _install(built: Path, target: Path) -> None:
     os.replace(staged, target)
 
 
-def _go() -> str:
+def go_command() -> str:
     """The ``go`` executable, checked to be new enough for every go.mod we build."""
     go = shutil.which("go")
     if go is None:
@@ -298,7 +298,7 @@ def _go() -> str:
     return go
 
 
-def _go_env(**extra: str) -> dict[str, str]:
+def go_env(**extra: str) -> dict[str, str]:
     """The user's environment (so GOPATH/GOMODCACHE/GOCACHE are reused) plus what our builds need.
 
     GOSUMDB=off: the checksum database can't be reached for many modules here (TOOLCHAIN.md); set
@@ -359,19 +359,19 @@ def _ocb(report: Progress, log: Path) -> Path:
     version = VERSIONS["ocb"]
     tools = cache_dir() / "tools"
     ocb = tools / f"ocb-{version}"
-    if _is_executable(ocb):
+    if is_executable(ocb):
         return ocb
     tools.mkdir(parents=True, exist_ok=True)
     report("otelcol", f"installing ocb {version} (go install {OCB_MODULE}@{version})")
-    with _build_dir(ocb) as gobin:
+    with build_dir(ocb) as gobin:
         _run(
             "otelcol",
-            [_go(), "install", f"{OCB_MODULE}@{version}"],
+            [go_command(), "install", f"{OCB_MODULE}@{version}"],
             cwd=gobin,
-            env=_go_env(GOBIN=str(gobin)),
+            env=go_env(GOBIN=str(gobin)),
             log=log,
         )
-        _install(gobin / "builder", ocb)
+        install(gobin / "builder", ocb)
     return ocb
 
 
@@ -379,7 +379,7 @@ def _build_otelcol(target: Path, report: Progress) -> None:
     log = _log_file(target)
     ocb = _ocb(report, log)
     manifest = read_manifest()
-    with _build_dir(target) as work:
+    with build_dir(target) as work:
         manifest["dist"]["output_path"] = str(work / "dist")
         config = work / "manifest.yaml"
         config.write_text(yaml.safe_dump(manifest, sort_keys=False), encoding="utf-8")
@@ -387,8 +387,8 @@ def _build_otelcol(target: Path, report: Progress) -> None:
             "otelcol",
             "ocb: generating and compiling the collector (~3.5 min on a cold Go build cache, else seconds)",
         )
-        _run("otelcol", [str(ocb), "--config", str(config)], cwd=work, env=_go_env(), log=log)
-        _install(work / "dist" / str(manifest["dist"]["name"]), target)
+        _run("otelcol", [str(ocb), "--config", str(config)], cwd=work, env=go_env(), log=log)
+        install(work / "dist" / str(manifest["dist"]["name"]), target)
 
 
 def _build_jaeger(target: Path, report: Progress) -> None:
@@ -396,14 +396,14 @@ def _build_jaeger(target: Path, report: Progress) -> None:
     # inside a writable copy of the downloaded module instead (the module cache is read-only).
     version = VERSIONS["jaeger"]
     log = _log_file(target)
-    go = _go()
-    with _build_dir(target) as work:
+    go = go_command()
+    with build_dir(target) as work:
         report("jaeger", f"downloading {JAEGER_MODULE}@{version}")
         out = _run(
             "jaeger",
             [go, "mod", "download", "-json", f"{JAEGER_MODULE}@{version}"],
             cwd=work,
-            env=_go_env(),
+            env=go_env(),
             log=log,
         )
         try:
@@ -428,10 +428,10 @@ def _build_jaeger(target: Path, report: Progress) -> None:
             "jaeger",
             [go, "build", "-ldflags", ldflags, "-o", str(work / "jaeger"), "./cmd/jaeger"],
             cwd=src,
-            env=_go_env(),
+            env=go_env(),
             log=log,
         )
-        _install(work / "jaeger", target)
+        install(work / "jaeger", target)
 
 
 def _go_install(name: Binary, package: str, ldflags: str = "") -> Callable[[Path, Progress], None]:
@@ -441,16 +441,16 @@ def _go_install(name: Binary, package: str, ldflags: str = "") -> Callable[[Path
         version = VERSIONS[name]
         log = _log_file(target)
         flags = ["-ldflags", ldflags.format(version=version.removeprefix("v"))] if ldflags else []
-        with _build_dir(target) as gobin:
+        with build_dir(target) as gobin:
             report(name, f"go install {package}@{version}")
             _run(
                 name,
-                [_go(), "install", *flags, f"{package}@{version}"],
+                [go_command(), "install", *flags, f"{package}@{version}"],
                 cwd=gobin,
-                env=_go_env(GOBIN=str(gobin)),
+                env=go_env(GOBIN=str(gobin)),
                 log=log,
             )
-            _install(gobin / package.rsplit("/", 1)[-1], target)
+            install(gobin / package.rsplit("/", 1)[-1], target)
 
     return build
 
@@ -466,7 +466,7 @@ _BUILDERS: dict[Binary, Callable[[Path, Progress], None]] = {
 }
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 

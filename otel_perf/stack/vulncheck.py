@@ -50,17 +50,17 @@ from otel_perf.stack.toolchain import (
     BINARIES,
     VERSIONS,
     Progress,
-    _build_dir,
-    _cached_name,
-    _duration,
-    _go,
-    _go_env,
-    _install,
-    _is_executable,
-    _locked,
-    _stderr_progress,
+    build_dir,
     cache_dir,
+    cached_name,
     ensure_binaries,
+    format_duration,
+    go_command,
+    go_env,
+    install,
+    is_executable,
+    locked,
+    stderr_progress,
 )
 
 __all__ = [
@@ -297,7 +297,9 @@ def _go_step(what: str, cmd: Sequence[str], *, cwd: Path, env: Mapping[str, str]
 
 def _module_dir(what: str, module: str, version: str, work: Path) -> Path:
     """``go mod download`` a module version; return its (read-only) directory in the module cache."""
-    out = _go_step(what, [_go(), "mod", "download", "-json", f"{module}@{version}"], cwd=work, env=_go_env())
+    out = _go_step(
+        what, [go_command(), "mod", "download", "-json", f"{module}@{version}"], cwd=work, env=go_env()
+    )
     try:
         return Path(json.loads(out)["Dir"])
     except (ValueError, KeyError) as exc:
@@ -315,17 +317,17 @@ def _writable_copy(src: Path, dst: Path) -> None:
 
 def ensure_govulncheck(progress: Progress | None = None) -> Path:
     """The pinned govulncheck with the findModule fix, built once into the cache's tools directory."""
-    report = progress or _stderr_progress
+    report = progress or stderr_progress
     target = govulncheck_path()
-    if _is_executable(target):
+    if is_executable(target):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock", "govulncheck", report):
-        if _is_executable(target):
+    with locked(target.parent / f".{target.name}.lock", "govulncheck", report):
+        if is_executable(target):
             return target
         started = time.monotonic()
         report("govulncheck", f"building {GOVULNCHECK_PACKAGE}@{GOVULNCHECK_VERSION} with the findModule fix")
-        with _build_dir(target) as work:
+        with build_dir(target) as work:
             what = "building govulncheck"
             src = work / "src"
             _writable_copy(_module_dir(what, GOVULNCHECK_MODULE, GOVULNCHECK_VERSION, work), src)
@@ -339,34 +341,36 @@ def ensure_govulncheck(progress: Progress | None = None) -> Path:
             patched.write_text(code.replace(_FIND_MODULE_BUG, _FIND_MODULE_FIX), encoding="utf-8")
             _go_step(
                 what,
-                [_go(), "build", "-o", str(work / "govulncheck"), "./cmd/govulncheck"],
+                [go_command(), "build", "-o", str(work / "govulncheck"), "./cmd/govulncheck"],
                 cwd=src,
-                env=_go_env(),
+                env=go_env(),
             )
-            _install(work / "govulncheck", target)
-        report("govulncheck", f"built in {_duration(time.monotonic() - started)}: {target}")
+            install(work / "govulncheck", target)
+        report("govulncheck", f"built in {format_duration(time.monotonic() - started)}: {target}")
     return target
 
 
 def ensure_vulndb(progress: Progress | None = None) -> Path:
     """The local database for the pinned vulndb snapshot, built once (it appears whole or not at all)."""
-    report = progress or _stderr_progress
+    report = progress or stderr_progress
     target = vulndb_path()
     if (target / "index" / "modules.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _locked(target.parent / f".{target.name}.lock", "vulndb", report):
+    with locked(target.parent / f".{target.name}.lock", "vulndb", report):
         if (target / "index" / "modules.json").is_file():
             return target
         started = time.monotonic()
         report("vulndb", f"downloading {VULNDB_MODULE}@{VULNDB_VERSION} (~25 MB)")
-        with _build_dir(target) as work:
+        with build_dir(target) as work:
             module_dir = _module_dir(
                 "downloading the Go vulnerability database", VULNDB_MODULE, VULNDB_VERSION, work
             )
             count = build_db(module_dir / "data" / "osv", work / "db", _snapshot_time(VULNDB_VERSION))
             os.replace(work / "db", target)
-        report("vulndb", f"{count} entries indexed in {_duration(time.monotonic() - started)}: {target}")
+        report(
+            "vulndb", f"{count} entries indexed in {format_duration(time.monotonic() - started)}: {target}"
+        )
     return target
 
 
@@ -550,7 +554,7 @@ def run(
     today: dt.date | None = None,
 ) -> Report:
     """Scan ``binaries`` (default: every toolchain binary, built if missing) and collect the report."""
-    report = progress or _stderr_progress
+    report = progress or stderr_progress
     targets = dict(binaries) if binaries is not None else ensure_binaries(BINARIES, report)
     govulncheck = ensure_govulncheck(report)
     db = ensure_vulndb(report)
@@ -558,7 +562,7 @@ def run(
     config: dict[str, str] = {}
     for name, path in targets.items():
         result, config = scan(name, path, govulncheck, db)
-        if result.main_version == "(devel)" and name in BINARIES and path == cache_dir() / _cached_name(name):
+        if result.main_version == "(devel)" and name in BINARIES and path == cache_dir() / cached_name(name):
             # Built in a local main module (ocb's output, Jaeger's module copy): the pin is the version.
             result = dataclasses.replace(result, main_version=VERSIONS[name])
         scans.append(result)
