@@ -11,6 +11,7 @@ Numbers are finite and bounded by what their unit can mean (`_s`, `_ms`, `_days`
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -26,7 +27,9 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
@@ -46,6 +49,12 @@ MAGNITUDE_LIMITS: tuple[tuple[str, float, str], ...] = (
 )
 MAX_NUMBER = 2**53  # any other number (counts, bytes): beyond it, no bound a float can still tell apart
 _SHOWN_CHARS = 120  # of a bad value in its log line
+_SEVERITY_LEVELS = ("medium", "high", "critical")  # thresholds named after them must not decrease
+_OUT_OF_ORDER = "out_of_order"
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def magnitude_limit(field: str) -> tuple[float, str]:
@@ -77,9 +86,57 @@ class Section(BaseSettings):
     def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
         return check_magnitude(info.field_name or "", value)
 
+    # Fields whose values must not decrease in this order (beside the severity thresholds, found
+    # by name: medium_… ≤ high_… ≤ critical_…), e.g. a minimum and the whole it is taken from.
+    ascending: ClassVar[tuple[tuple[str, ...], ...]] = ()
+
     @classmethod
     def env_name(cls, field: str) -> str:
         return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+    @classmethod
+    def ordered_fields(cls) -> tuple[tuple[str, ...], ...]:
+        """Each run of fields whose values must not decrease: a severity threshold above the next
+        one leaves a severity unreachable, a minimum above its whole never lets anything through."""
+        ladders: dict[str, list[str]] = {}
+        for level in _SEVERITY_LEVELS:
+            for name in cls.model_fields:
+                if name == level or name.startswith(f"{level}_"):
+                    ladders.setdefault(name.removeprefix(level), []).append(name)
+        return tuple(tuple(names) for names in ladders.values() if len(names) > 1) + cls.ascending
+
+    @classmethod
+    def out_of_order(cls, values: dict[str, Any]) -> tuple[str, str] | None:
+        """The first pair of `values` (field → value) that decreases where `ordered_fields` says it
+        must not, or None."""
+        for names in cls.ordered_fields():
+            present = [name for name in names if values.get(name) is not None]
+            for lower, upper in itertools.pairwise(present):
+                if values[lower] > values[upper]:
+                    return lower, upper
+        return None
+
+    @classmethod
+    def _run_of(cls, lower: str, upper: str) -> tuple[str, ...]:
+        return next(names for names in cls.ordered_fields() if lower in names and upper in names)
+
+    @model_validator(mode="after")
+    def _in_order(self) -> Section:
+        values = {name: getattr(self, name) for names in self.ordered_fields() for name in names}
+        pair = self.out_of_order(values)
+        if pair is not None:
+            lower, upper = pair
+            raise PydanticCustomError(
+                _OUT_OF_ORDER,
+                "{message}",
+                {
+                    "fields": f"{lower},{upper}",
+                    "message": f"{self.env_name(lower)} ({_number(values[lower])}) is above "
+                    f"{self.env_name(upper)} ({_number(values[upper])}): they must not decrease in the order "
+                    f"{', '.join(self.env_name(name) for name in self._run_of(lower, upper))}",
+                },
+            )
+        return self
 
     @classmethod
     def load(cls: type[SectionT], *, strict: bool = False, **overrides: Any) -> SectionT:
@@ -93,25 +150,34 @@ class Section(BaseSettings):
         if strict:
             raise SettingsError("; ".join(message for _, message in problems))
         fallback = dict(overrides)
-        for field, message in problems:
-            logger.error("otel-perf: %s; using the default", message)
-            if field in cls.model_fields:
-                fallback[_init_key(cls, field)] = cls.model_fields[field].get_default(
-                    call_default_factory=True
-                )
-        try:
-            return cls(**fallback)
-        except (ValidationError, SourceError) as error:  # e.g. the source itself failed
-            logger.error(
-                "otel-perf: %s*: %s; using the defaults of them all",
-                cls.model_config.get("env_prefix", ""),
-                "; ".join(message for _, message in describe_errors(cls, error)),
-            )
-            defaults = {
-                _init_key(cls, name): info.get_default(call_default_factory=True)
-                for name, info in cls.model_fields.items()
-            }
-            return cls(**{**defaults, **overrides})  # values given outright: no variable is read
+        reset: set[str] = set()
+        while True:  # each round puts at least one more field back to its default
+            before = len(reset)
+            for fields, message in problems:
+                using = "using the defaults of both" if "," in fields else "using the default"  # a pair
+                logger.error("otel-perf: %s; %s", message, using)
+                for field in fields.split(","):  # two names: a pair out of order (both go back)
+                    if field in cls.model_fields:
+                        reset.add(field)
+                        fallback[_init_key(cls, field)] = cls.model_fields[field].get_default(
+                            call_default_factory=True
+                        )
+            try:
+                return cls(**fallback)
+            except (ValidationError, SourceError) as error:
+                problems = describe_errors(cls, error)
+                if isinstance(error, SourceError) or len(reset) == before:
+                    break  # e.g. the source itself failed
+        logger.error(
+            "otel-perf: %s*: %s; using the defaults of them all",
+            cls.model_config.get("env_prefix", ""),
+            "; ".join(message for _, message in problems),
+        )
+        defaults = {
+            _init_key(cls, name): info.get_default(call_default_factory=True)
+            for name, info in cls.model_fields.items()
+        }
+        return cls(**{**defaults, **overrides})  # values given outright: no variable is read
 
 
 def _init_key(section: type[Section], field: str) -> str:
@@ -143,6 +209,10 @@ def describe_errors(section: type[Section], error: Exception) -> list[tuple[str,
     problems = []
     for item in error.errors():
         loc = item["loc"]
+        if item["type"] == _OUT_OF_ORDER:  # the message names both variables and their values
+            context = item.get("ctx") or {}
+            problems.append((str(context.get("fields", "")), str(context.get("message", item["msg"]))))
+            continue
         field = str(loc[0]) if loc else ""
         value = raw.get(field, item.get("input"))
         message = str(item["msg"]).removeprefix("Value error, ")
@@ -227,6 +297,27 @@ class ScopedSection(Section):
                 )
                 raise ValueError(f"scope {key!r}: {name}: {problem}") from None
         return validated
+
+    @model_validator(mode="after")
+    def _scopes_in_order(self) -> ScopedSection:
+        """A scope's values with the section's own must keep `ordered_fields` in order too."""
+        own = {name: getattr(self, name) for names in self.ordered_fields() for name in names}
+        for key, values in self.scopes.items():
+            pair = self.out_of_order({**own, **self._validated(key, values)})
+            if pair is not None:
+                lower, upper = pair
+                variable = self.env_name("scopes")
+                raise PydanticCustomError(
+                    _OUT_OF_ORDER,
+                    "{message}",
+                    {
+                        "fields": "scopes",
+                        "message": f"{variable}: scope {key!r} puts {self.env_name(lower)} above "
+                        f"{self.env_name(upper)} there: they must not decrease in the order "
+                        f"{', '.join(self.env_name(name) for name in self._run_of(lower, upper))}",
+                    },
+                )
+        return self
 
     def model_post_init(self, context: Any) -> None:
         rank = {field: position for position, field in enumerate(SCOPE_FIELDS)}

@@ -51,6 +51,7 @@ class ConsecutiveCallsSettings(ScopedSection):
     """`OTEL_PERF_CONSECUTIVE_CALLS_*`"""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_CONSECUTIVE_CALLS_")
+    ascending: ClassVar[tuple[tuple[str, ...], ...]] = (("min_saved_ms", "high_ms"),)
     unscoped: ClassVar[frozenset[str]] = frozenset({"max_gap_ms", "overlap_tolerance"})
 
     enabled: bool = Field(True, description="Run this detector.")

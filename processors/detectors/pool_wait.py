@@ -32,6 +32,7 @@ class PoolWaitSettings(ScopedSection):
     """`OTEL_PERF_POOL_WAIT_*`"""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_POOL_WAIT_")
+    ascending: ClassVar[tuple[tuple[str, ...], ...]] = (("min_wait_ms", "high_ms"),)
 
     enabled: bool = Field(True, description="Report requests that waited for a database connection.")
     min_wait_ms: float = Field(

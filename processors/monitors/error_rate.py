@@ -26,6 +26,7 @@ class ErrorRateSettings(Section):
     """`OTEL_PERF_ERROR_RATE_*`: when failing requests become an `error_rate` alert."""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_ERROR_RATE_")
+    ascending: ClassVar[tuple[tuple[str, ...], ...]] = (("threshold", "critical"),)
 
     enabled: bool = Field(True, description="Watch each operation's error rate per window.")
     threshold: float = Field(0.05, gt=0, le=1, description="Alert (high) when this share of requests failed.")

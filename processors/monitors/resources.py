@@ -36,6 +36,10 @@ class ResourceSettings(Section):
     """`OTEL_PERF_RESOURCE_*`: when CPU, memory, disk or a connection pool becomes a `resource` alert."""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_RESOURCE_")
+    ascending: ClassVar[tuple[tuple[str, ...], ...]] = tuple(
+        (name, "critical_percent")
+        for name in ("cpu_percent", "memory_percent", "disk_percent", "pool_percent")
+    )
 
     enabled: bool = Field(True, description="Watch CPU, memory, disk and SQLAlchemy connection pools.")
     window_s: float = Field(

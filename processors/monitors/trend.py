@@ -48,6 +48,10 @@ class TrendSettings(Section):
     """`OTEL_PERF_TREND_*`: when a latency change becomes a `trend_degradation` alert."""
 
     model_config = SettingsConfigDict(env_prefix="OTEL_PERF_TREND_")
+    ascending: ClassVar[tuple[tuple[str, ...], ...]] = (
+        ("min_reference_windows", "reference_windows"),
+        ("min_windows_after", "search_windows"),
+    )
 
     enabled: bool = Field(True, description="Watch each operation's latency over time.")
     quantile: float = Field(0.95, gt=0, lt=1, description="The latency quantile compared (0.95: p95).")

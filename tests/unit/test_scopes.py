@@ -51,10 +51,13 @@ def test_a_detector_turned_off_for_a_service_or_on_for_one_operation_only() -> N
 
 def test_the_operation_scope_wins_over_the_service_scope() -> None:
     settings = NPlusOneSettings.load(
-        scopes={"operation:GET /orders": {"min_repeats": 9}, "service:shop": {"min_repeats": 3, "high_ms": 1}}
+        scopes={
+            "operation:GET /orders": {"min_repeats": 9},
+            "service:shop": {"min_repeats": 3, "high_ms": 100},
+        }
     )
     scoped = settings.at("shop", "GET /orders")
-    assert (scoped.min_repeats, scoped.high_ms) == (9, 1)
+    assert (scoped.min_repeats, scoped.high_ms) == (9, 100)
     assert settings.at("other", "GET /x") is settings
 
 
@@ -74,6 +77,11 @@ def test_slow_query_thresholds_per_operation_such_as_startup() -> None:
         ('{"service:x": {"min_repets": 9}}', "not settings of this section"),
         ('{"service:x": {"min_repeats": 1}}', "min_repeats: Input should be greater than or equal to 2"),
         ('{"service:x": {"min_repeats": 9', "OTEL_PERF_N_PLUS_ONE_SCOPES"),
+        # With the section's own medium_ms (50): the scope's high_ms leaves medium unreachable there.
+        (
+            '{"service:x": {"high_ms": 10}}',
+            "scope 'service:x' puts OTEL_PERF_N_PLUS_ONE_MEDIUM_MS above OTEL_PERF_N_PLUS_ONE_HIGH_MS",
+        ),
     ],
 )
 def test_a_bad_scope_names_the_variable_and_what_is_wrong(

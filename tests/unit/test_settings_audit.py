@@ -6,6 +6,7 @@ value is no value. Scopes' values are held to the same constraints."""
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import typing
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import annotated_types
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 
 from otel_perf.errors import SettingsError
@@ -284,3 +285,75 @@ def test_a_misspelt_variable_gets_the_setting_it_was_meant_to_be(logged: list[st
         "OTEL_PERF_ALERTS_WEBHOK_URL" in line and "did you mean OTEL_PERF_ALERTS_WEBHOOK_URL?" in line
         for line in lines
     )
+
+
+def _ordered_pairs() -> list[Any]:
+    return [
+        pytest.param(section, lower, upper, id=f"{section.env_name(lower)}>{section.env_name(upper)}")
+        for _, section in Settings.sections()
+        for run in section.ordered_fields()
+        for lower, upper in itertools.pairwise(run)
+    ]
+
+
+def _contradiction(section: type[Section], lower: str, upper: str) -> dict[str, Any]:
+    """One value, within its own bounds, that puts `lower` above `upper`'s default or `upper` below
+    `lower`'s."""
+    low, high = (section.model_fields[name].get_default() for name in (lower, upper))
+    integer = isinstance(high, int)
+    candidates = ((lower, high * 2 + 1), (lower, high + 1 if integer else high * 1.01), (upper, low // 2))
+    for name, value in candidates:
+        try:
+            section.model_validate({name: value})
+        except ValidationError as error:
+            if all(item["type"] == "out_of_order" for item in error.errors()):
+                return {name: value}
+    raise AssertionError(f"no value of {lower} or {upper} contradicts the other")
+
+
+def test_the_defaults_are_in_order_and_the_thresholds_are_found() -> None:
+    for _, section in Settings.sections():
+        section()  # no default contradicts another
+    sections = dict(Settings.sections())
+    assert ("medium_ms", "high_ms", "critical_ms") in sections["n_plus_one"].ordered_fields()
+
+
+@pytest.mark.parametrize(("section", "lower", "upper"), _ordered_pairs())
+def test_settings_that_contradict_each_other_are_named_together(
+    section: type[Section], lower: str, upper: str, monkeypatch: pytest.MonkeyPatch, logged: list[str]
+) -> None:
+    """A severity threshold above the next one (a severity never reached), a minimum above its
+    whole: one line naming both variables; strict, an error; in the app, both at their defaults
+    and every other setting of the section kept."""
+    for name, value in _contradiction(section, lower, upper).items():
+        monkeypatch.setenv(section.env_name(name), str(value))
+    with pytest.raises(SettingsError) as refused:
+        section.load(strict=True)
+    assert section.env_name(lower) in str(refused.value) and section.env_name(upper) in str(refused.value)
+    kept = next(
+        (
+            name
+            for name, info in section.model_fields.items()
+            if name != "enabled" and info.annotation is bool
+        ),
+        "enabled",
+    )
+    monkeypatch.setenv(section.env_name(kept), "false")
+    loaded = section.load()
+    assert getattr(loaded, lower) == section.model_fields[lower].get_default()
+    assert getattr(loaded, upper) == section.model_fields[upper].get_default()
+    assert getattr(loaded, kept) is False
+    assert len(logged) == 1 and section.env_name(upper) in logged[0], logged
+
+
+def test_a_chain_of_contradictions_falls_back_step_by_step(
+    monkeypatch: pytest.MonkeyPatch, logged: list[str]
+) -> None:
+    from otel_perf.processors.detectors.n_plus_one import NPlusOneSettings
+
+    monkeypatch.setenv("OTEL_PERF_N_PLUS_ONE_MEDIUM_MS", "300")  # above the default high (250)
+    monkeypatch.setenv("OTEL_PERF_N_PLUS_ONE_CRITICAL_MS", "200")  # below it
+    monkeypatch.setenv("OTEL_PERF_N_PLUS_ONE_MIN_REPEATS", "7")
+    loaded = NPlusOneSettings.load()
+    assert (loaded.medium_ms, loaded.high_ms, loaded.critical_ms, loaded.min_repeats) == (50, 250, 1000, 7)
+    assert len(logged) == 2, logged
