@@ -24,6 +24,7 @@ from otel_perf.processors.findings import DiscardFindings, Finding, iso_time
 from otel_perf.processors.monitors import Watcher, build_watcher
 from otel_perf.processors.sources import read_json_lines
 from otel_perf.processors.tree import (
+    EARLIEST_NS,
     ENTRY_KINDS,
     FirstRequests,
     SpanNode,
@@ -465,7 +466,7 @@ def replay_bounds(times: Iterable[int], max_gap_ns: int, now_ns: int | None = No
     however few the others are."""
     latest = (time.time_ns() if now_ns is None else now_ns) + _FUTURE_SLACK_NS
     every = sorted(times)
-    ordered = [moment for moment in every if _EARLIEST_NS <= moment <= latest] or every
+    ordered = [moment for moment in every if EARLIEST_NS <= moment <= latest] or every
     if not ordered:
         return 0, 0
     first = last = len(ordered) // 2
@@ -476,7 +477,6 @@ def replay_bounds(times: Iterable[int], max_gap_ns: int, now_ns: int | None = No
     return ordered[first], ordered[last]
 
 
-_EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: earlier is an unset or broken clock
 _FUTURE_SLACK_NS = 3600 * 10**9
 
 

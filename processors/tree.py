@@ -22,6 +22,7 @@ KIND_CONSUMER = 5
 # Where a service is entered: a request, a message consumed.
 ENTRY_KINDS = (KIND_SERVER, KIND_CONSUMER)
 MISSING_SPAN_NAME = "(missing parent span)"
+EARLIEST_NS = 946_684_800 * 10**9  # 2000-01-01: a span time before it is an unset or broken clock
 _LAZY_FIELDS = frozenset(
     (
         "attributes",
@@ -179,6 +180,8 @@ class SpanNode:
         self.parent_id = parent_id or None
         self.name = name
         self.kind = kind
+        if start_ns < EARLIEST_NS <= end_ns:  # an unset start (0) or a broken clock: no duration known
+            start_ns = end_ns
         self.start_ns = start_ns
         self.end_ns = max(end_ns, start_ns)
         self.service = service

@@ -279,3 +279,26 @@ def test_cumulative_streams_remembered_are_bounded(monkeypatch: pytest.MonkeyPat
     assert len(reader._last) <= 50
     [found] = reader.requests(cumulative("/kept", [2, 1, 1]))
     assert found.count == 1
+
+
+def test_a_span_whose_start_is_unset_has_no_duration_rather_than_fifty_years() -> None:
+    """A sender that leaves a span's start at 0 (or at a clock before 2000) while its end is now:
+    its duration is unknown, not the time since 1970, so no slow-span alert of decades."""
+    from otel_perf.processors.analysis import analyze_tree
+    from otel_perf.processors.detectors import REGISTRY
+    from otel_perf.processors.tree import KIND_CLIENT, KIND_SERVER, SpanNode, TraceTree
+
+    now = 1_767_225_600 * 10**9
+    root = SpanNode(1, None, "GET /orders", KIND_SERVER, now, now + 50 * 10**6)
+    unset = SpanNode(
+        2,
+        1,
+        "SELECT",
+        KIND_CLIENT,
+        0,
+        now + 10**6,
+        attributes={"db.system": "sqlite", "db.statement": "SELECT 1"},
+    )
+    assert unset.duration_ns == 0 and unset.start_ns == unset.end_ns
+    detectors = [detector() for detector, _ in REGISTRY.values()]
+    assert [finding.type for finding in analyze_tree(TraceTree(7, [root, unset]), detectors)] == []
