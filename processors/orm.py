@@ -46,9 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import SpanKind
 
 from otel_perf.processors import semconv
 from otel_perf.processors.failsafe import guarded
+from otel_perf.processors.tree import mount_piece, mounted_name
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan, Span
@@ -429,12 +431,32 @@ def _on_before_flush(session: Any, *_: Any) -> None:
         loads.touched.update(str(relationship) for relationship in inspect(instance).mapper.relationships)
 
 
+def _operation(spans: Sequence[ReadableSpan]) -> str:
+    """The request's operation: its root span's name, behind a mounted sub-application the whole
+    route (`GET /api/articles`, not `GET /api`: the rule `TraceTree.operation` files findings by)."""
+    root: ReadableSpan | None = None
+    mounts: dict[int, tuple[int, str]] = {}
+    for span in spans:
+        parent = span.parent
+        if parent is None or parent.is_remote:
+            root = root or span
+        elif span.kind is SpanKind.INTERNAL:
+            route = semconv.first(span.attributes or {}, semconv.HTTP_ROUTE)
+            if route:
+                mounts[parent.span_id] = (span.context.span_id, mount_piece(str(route)))
+    if root is None:
+        return ""
+    if root.kind is not SpanKind.SERVER:
+        return root.name
+    return mounted_name(root.name, root.context.span_id, mounts)
+
+
 def _unread_long_enough(spans: Sequence[ReadableSpan], loaded: set[str], read: set[str]) -> set[str]:
     """Of the relationships this request loaded eagerly, those its operation (its root span's name)
     left unread in the last `_min_unread_requests` requests that loaded them, this one included. A
     relationship read only on some requests (`if user.is_admin: order.customer`) is not unused;
     a read starts the count over."""
-    root = next((span.name for span in spans if span.parent is None or span.parent.is_remote), "")
+    root = _operation(spans)
     confirmed = set()
     with _lock:
         for name in loaded:

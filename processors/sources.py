@@ -24,8 +24,8 @@ from otel_perf.processors.tree import (
     KIND_INTERNAL,
     SpanNode,
     TraceShape,
-    join_mount,
     mount_piece,
+    mounted_name,
 )
 
 # (issue type, fingerprint, all issue types): what `analysis.span_marks` gives each flagged span.
@@ -165,25 +165,17 @@ def proto_operations(spans: Sequence[ProtoSpan]) -> Callable[[Span, str], str]:
     """For one trace's spans: a request span's operation, its name or, behind a mounted
     sub-application whose span is among `spans`, the whole route (the rule `TraceTree.operation`
     files findings by, without building the tree)."""
-    mounts: dict[bytes, tuple[bytes, str, str]] = {}  # parent span id -> (span id, service, piece)
+    mounts: dict[str, dict[bytes, tuple[bytes, str]]] = {}  # service -> parent span id -> (id, piece)
     for span, service, _, _ in spans:
         if span.kind == KIND_INTERNAL and span.parent_span_id:
             route = next(
                 (kv.value.string_value for kv in span.attributes if kv.key in semconv.HTTP_ROUTE), ""
             )
             if route:
-                mounts[span.parent_span_id] = (span.span_id, service, mount_piece(route))
+                mounts.setdefault(service, {})[span.parent_span_id] = (span.span_id, mount_piece(route))
 
     def operation(span: Span, service: str) -> str:
-        name = span.name
-        span_id = span.span_id
-        for _ in range(len(mounts)):  # a bound, not a walk: ids may loop in a hostile request
-            mount = mounts.get(span_id)
-            if mount is None or mount[1] != service:
-                break
-            span_id, _, piece = mount
-            name = join_mount(name, piece)
-        return name
+        return mounted_name(span.name, span.span_id, mounts.get(service, {}))
 
     return operation
 

@@ -461,6 +461,19 @@ def join_mount(operation: str, inner: str) -> str:
     return f"{operation.rstrip('/')}{inner}"
 
 
+def mounted_name(name: str, span_id: Any, mounts: Mapping[Any, tuple[Any, str]]) -> str:
+    """A request span's `name` joined with the routes of the sub-applications mounted below it, for
+    spans not in a tree: `mounts` maps a span's id to its sub-application span's (id, piece). At most
+    one join per mount: ids may loop in a hostile request."""
+    for _ in range(len(mounts)):
+        mount = mounts.get(span_id)
+        if mount is None:
+            break
+        span_id, piece = mount
+        name = join_mount(name, piece)
+    return name
+
+
 def _innermost_mount(entry: SpanNode) -> SpanNode:
     """Below a request span, the deepest chain of sub-application spans (see `mounted_route`)."""
     current = entry

@@ -33,7 +33,7 @@ def describe_sink(sink: Sink, watch: CollectorWatch) -> str:
     if isinstance(sink, OtlpSink):
         traces = watch.endpoints.get("traces")
         if traces is None:
-            return "OTLP (traces are not exported: nowhere)"
+            return "no collector (OTLP alerts travel with the traces, which are not exported over OTLP)"
         return f"the collector at {traces.address} (OTLP)"
     if isinstance(sink, FileSink):
         return f"file {sink.path}"

@@ -379,3 +379,35 @@ def test_loads_of_an_object_the_request_deletes_were_used(harness: Harness, engi
     ):
         session.scalars(select(Order).where(Order.id == 3).options(selectinload(Order.items))).one()
     assert _marked(harness.flush()) == {"GET /orders/{id}": (("Order.items",), ("selectinload",))}
+
+
+def test_behind_a_mount_each_route_counts_its_own_requests(harness: Harness, engine: Any) -> None:
+    """`app.mount("/api", api)`: every request's root span is `GET /api`, the sub-app's span has the
+    route. A route that reads the load must not start over the count of one that never does."""
+    Harness(eager_min_requests=3).provider.shutdown()  # as the processor sets it from its settings
+    try:
+
+        def unused(route: str, read: bool) -> bool:
+            with (
+                harness.tracer.start_as_current_span(
+                    "GET /api", kind=SpanKind.SERVER, attributes={"http.route": "/api"}
+                ),
+                harness.tracer.start_as_current_span(
+                    f"GET {route}", kind=SpanKind.INTERNAL, attributes={"http.route": route}
+                ),
+                Session(engine) as session,
+            ):
+                orders = session.scalars(select(Order).options(selectinload(Order.items))).all()
+                if read:
+                    [len(order.items) for order in orders]
+            spans = [span for each in harness.flush().values() for span in each]
+            harness.exporter.clear()
+            return any(span.attributes.get(semconv.PERF_ORM_EAGER_UNUSED) for span in spans)
+
+        found = []
+        for _ in range(3):
+            found.append(unused("/mounted/orders/{id}/comments", read=False))
+            assert unused("/mounted/orders", read=True) is False
+        assert found == [False, False, True]
+    finally:
+        orm.watch_lazy_loads(min_unread_requests=1)
