@@ -112,7 +112,12 @@ def test_trend_series_are_the_whole_routes(mounted: RunningApp, traffic: dict[st
 def test_on_the_analyzer_host_too(tmp_path: Path) -> None:
     # The app analyses nothing itself (mode collector) and exports OTLP/HTTP to the analyzer, whose
     # monitors read requests from the spans (no spanmetrics here).
-    analyzer = Analyzer(tmp_path / "analyzer", {"OTEL_PERF_MONITOR_FLUSH_INTERVAL_S": "0.2"})
+    # The SDK exports every 100 ms: a request's spans may come in two batches, which the analyzer
+    # must join (its wait after a trace's last span) rather than analyse as two fragments.
+    analyzer = Analyzer(
+        tmp_path / "analyzer",
+        {"OTEL_PERF_MONITOR_FLUSH_INTERVAL_S": "0.2", "OTEL_PERF_ANALYZER_TRACE_WAIT_MS": "1500"},
+    )
     workdir = tmp_path / "app"
     workdir.mkdir()
     shutil.copy(APP, workdir / "main.py")
@@ -134,13 +139,20 @@ def test_on_the_analyzer_host_too(tmp_path: Path) -> None:
         app.get("/api/authors/count")
         app.get("/api/authors/6/names")
         app.get("/api/v1/books/5/titles")
-        alerts = wait_until(
-            lambda: (
-                {AUTHORS, BOOKS} <= {alert["operation"] for alert in analyzer.alerts("n_plus_one")}
-                and analyzer.alerts("n_plus_one")
-            ),
-            what="the analyzer's N+1 alerts",
-        )
+        try:
+            alerts = wait_until(
+                lambda: (
+                    {AUTHORS, BOOKS} <= {alert["operation"] for alert in analyzer.alerts("n_plus_one")}
+                    and analyzer.alerts("n_plus_one")
+                ),
+                timeout=30,
+                what="the analyzer's N+1 alerts",
+            )
+        except AssertionError as error:
+            raise AssertionError(
+                f"{error}; alerts: {analyzer.alerts()}\nanalyzer log:\n{analyzer.log.read_text()[-3000:]}"
+                f"\napp log:\n{app.log()[-3000:]}"
+            ) from None
         assert {alert["operation"] for alert in alerts} == {AUTHORS, BOOKS}, alerts
         series = wait_until(
             lambda: (
