@@ -226,7 +226,7 @@ class _QueryMark:
     def __init__(self, span: Span, post_load: Any) -> None:
         self.span = span
         self.post_load = post_load  # the relationship a selectin/subquery query loads, else None
-        self.seen: set[tuple[int, int]] = set()  # (query context, class manager) already looked at
+        self.seen: set[tuple[int, int, int]] = set()  # (query context, class manager, path) looked at
 
 
 class _TraceLoads:
@@ -266,7 +266,9 @@ def _on_load(state: Any, context: Any) -> None:
     mark = _last_query.get()
     if mark is None:
         return
-    key = (id(context), id(state.manager))
+    # Per path, not per mapper: people loaded as an author's followers (nothing joined below them)
+    # load before the author, whose joined followers must still be looked at.
+    key = (id(context), id(state.manager), id(state.load_path))
     seen = mark.seen
     if key in seen:
         return

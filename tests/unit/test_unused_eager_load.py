@@ -411,3 +411,45 @@ def test_behind_a_mount_each_route_counts_its_own_requests(harness: Harness, eng
         assert found == [False, False, True]
     finally:
         orm.watch_lazy_loads(min_unread_requests=1)
+
+
+class _PathsBase(DeclarativeBase):
+    pass
+
+
+class Person(_PathsBase):
+    __tablename__ = "people"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mentor_id: Mapped[int | None] = mapped_column(ForeignKey("people.id"))
+    mentees: Mapped[list[Person]] = relationship()
+
+
+class Post(_PathsBase):
+    __tablename__ = "posts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    author_id: Mapped[int] = mapped_column(ForeignKey("people.id"))
+    author: Mapped[Person] = relationship()
+
+
+def test_a_mapper_loaded_below_itself_is_looked_at_on_each_path(harness: Harness) -> None:
+    """`joinedload(Post.author).joinedload(Person.mentees)`: the mentees (people) load before their
+    author does, with nothing joined below them; the author's unread mentees must still be found
+    (the public app's `User.followers`, missed when a follower loaded first)."""
+    engine = create_engine("sqlite://")
+    instrumentor = SQLAlchemyInstrumentor()
+    instrumentor.instrument(engine=engine, tracer_provider=harness.provider)
+    try:
+        _PathsBase.metadata.create_all(engine)
+        with Session(engine) as session:
+            session.add_all([Person(id=1), Person(id=2, mentor_id=1), Post(id=1, author_id=1)])
+            session.commit()
+        with (
+            harness.tracer.start_as_current_span("GET /posts", kind=SpanKind.SERVER),
+            Session(engine) as session,
+        ):
+            posts = session.scalars(select(Post).options(joinedload(Post.author).joinedload(Person.mentees)))
+            [post.author.id for post in posts.unique()]  # the author read, not the mentees
+        assert _marked(harness.flush())["GET /posts"][0] == ("Person.mentees",)
+    finally:
+        instrumentor.uninstrument()
+        engine.dispose()
