@@ -116,25 +116,29 @@ class Section(BaseSettings):
                     return lower, upper
         return None
 
+    def _ordered_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for names in self.ordered_fields() for name in names}
+
     @classmethod
-    def _run_of(cls, lower: str, upper: str) -> tuple[str, ...]:
-        return next(names for names in cls.ordered_fields() if lower in names and upper in names)
+    def _out_of_order_error(cls, fields: str, what: str, lower: str, upper: str) -> PydanticCustomError:
+        """The error `load` and `describe_errors` read: `fields` go back to their defaults."""
+        run = next(names for names in cls.ordered_fields() if lower in names and upper in names)
+        order = ", ".join(cls.env_name(name) for name in run)
+        message = f"{what}: they must not decrease in the order {order}"
+        return PydanticCustomError(_OUT_OF_ORDER, "{message}", {"fields": fields, "message": message})
 
     @model_validator(mode="after")
     def _in_order(self) -> Section:
-        values = {name: getattr(self, name) for names in self.ordered_fields() for name in names}
+        values = self._ordered_values()
         pair = self.out_of_order(values)
         if pair is not None:
             lower, upper = pair
-            raise PydanticCustomError(
-                _OUT_OF_ORDER,
-                "{message}",
-                {
-                    "fields": f"{lower},{upper}",
-                    "message": f"{self.env_name(lower)} ({_number(values[lower])}) is above "
-                    f"{self.env_name(upper)} ({_number(values[upper])}): they must not decrease in the order "
-                    f"{', '.join(self.env_name(name) for name in self._run_of(lower, upper))}",
-                },
+            raise self._out_of_order_error(
+                f"{lower},{upper}",
+                f"{self.env_name(lower)} ({_number(values[lower])}) is above "
+                f"{self.env_name(upper)} ({_number(values[upper])})",
+                lower,
+                upper,
             )
         return self
 
@@ -301,21 +305,17 @@ class ScopedSection(Section):
     @model_validator(mode="after")
     def _scopes_in_order(self) -> ScopedSection:
         """A scope's values with the section's own must keep `ordered_fields` in order too."""
-        own = {name: getattr(self, name) for names in self.ordered_fields() for name in names}
+        own = self._ordered_values()
         for key, values in self.scopes.items():
             pair = self.out_of_order({**own, **self._validated(key, values)})
             if pair is not None:
                 lower, upper = pair
-                variable = self.env_name("scopes")
-                raise PydanticCustomError(
-                    _OUT_OF_ORDER,
-                    "{message}",
-                    {
-                        "fields": "scopes",
-                        "message": f"{variable}: scope {key!r} puts {self.env_name(lower)} above "
-                        f"{self.env_name(upper)} there: they must not decrease in the order "
-                        f"{', '.join(self.env_name(name) for name in self._run_of(lower, upper))}",
-                    },
+                raise self._out_of_order_error(
+                    "scopes",
+                    f"{self.env_name('scopes')}: scope {key!r} puts {self.env_name(lower)} above "
+                    f"{self.env_name(upper)} there",
+                    lower,
+                    upper,
                 )
         return self
 

@@ -244,7 +244,7 @@ _last_query: contextvars.ContextVar[_QueryMark | None] = contextvars.ContextVar(
     "otel_perf_last_query", default=None
 )
 _traces: OrderedDict[int, _TraceLoads] = OrderedDict()
-# (the request's root span name, relationship) → requests in a row that loaded it and did not read it.
+# (the request's operation, see `_operation`; relationship) → requests in a row that loaded it unread.
 _unread_streaks: OrderedDict[tuple[str, str], int] = OrderedDict()
 _context_spans: OrderedDict[int, Span] = OrderedDict()
 _watched: dict[int, bool] = {}  # id(relationship property) → its reads are seen
@@ -421,8 +421,10 @@ def _note_read(attribute_id: int) -> None:
 def _on_before_flush(session: Any, *_: Any) -> None:
     """Deleting an object reads what was loaded with it, without its attributes: the flush walks its
     relationships (cascades, foreign keys to clear). Eager loads of a deleted object were used."""
+    if not _traces:  # every flush comes here: no set of deleted objects built for nothing
+        return
     deleted = session.deleted
-    if not _traces or not deleted:
+    if not deleted:
         return
     loads = _traces.get(trace.get_current_span().get_span_context().trace_id)
     if loads is None:
@@ -454,7 +456,7 @@ def _operation(spans: Sequence[ReadableSpan]) -> str:
 
 
 def _unread_long_enough(spans: Sequence[ReadableSpan], loaded: set[str], read: set[str]) -> set[str]:
-    """Of the relationships this request loaded eagerly, those its operation (its root span's name)
+    """Of the relationships this request loaded eagerly, those its operation (see `_operation`)
     left unread in the last `_min_unread_requests` requests that loaded them, this one included. A
     relationship read only on some requests (`if user.is_admin: order.customer`) is not unused;
     a read starts the count over."""
